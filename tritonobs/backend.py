@@ -1,0 +1,80 @@
+"""Which implementation the ``tritonobs::*`` ops run: Triton kernels or plain torch ops.
+
+The dispatcher picks the device (a CPU and a CUDA kernel are registered for every op); this switch
+only picks, inside that device's kernel, between the Triton launcher and the torch reference:
+
+* ``auto`` (default): Triton on CUDA tensors when Triton imports, torch ops on CPU tensors.
+* ``torch``: torch ops everywhere.
+* ``triton``: Triton everywhere. On CPU tensors that needs Triton's interpreter, so
+  ``TRITON_INTERPRET=1`` must be in the environment before anything imports ``triton``.
+
+Set it with the environment variable ``TRITONOBS_BACKEND`` or, in Python, with
+:func:`set_backend` or the :func:`use_backend` context manager (which win over the variable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+
+Backend = Literal["auto", "torch", "triton"]
+BACKENDS: tuple[Backend, ...] = ("auto", "torch", "triton")
+
+_override: Backend | None = None
+
+
+def _check(name: str, where: str) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"{where} must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return name  # type: ignore[return-value]
+
+
+def get_backend() -> Backend:
+    """The backend in force: the Python override if set, else ``TRITONOBS_BACKEND``, else ``auto``."""
+    if _override is not None:
+        return _override
+    return _check(os.environ.get("TRITONOBS_BACKEND", "auto").strip().lower(), "TRITONOBS_BACKEND")
+
+
+def set_backend(name: Backend | None) -> Backend | None:
+    """Force a backend for this process (``None`` goes back to the environment variable).
+
+    Returns:
+        The previous override, so that it can be restored.
+    """
+    global _override
+    previous = _override
+    _override = None if name is None else _check(name, "backend")
+    return previous
+
+
+@contextlib.contextmanager
+def use_backend(name: Backend) -> Iterator[None]:
+    """Run a block with the given backend, restoring the previous choice afterwards."""
+    previous = set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def triton_available() -> bool:
+    """Whether the ``triton`` package is importable (checked without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def uses_triton(device: torch.device) -> bool:
+    """Whether an op whose inputs live on ``device`` runs its Triton launcher."""
+    backend = get_backend()
+    if backend == "torch":
+        return False
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("TRITONOBS_BACKEND=triton but the triton package is not installed")
+        return True
+    return device.type == "cuda" and triton_available()

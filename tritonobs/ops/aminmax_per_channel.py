@@ -1,0 +1,96 @@
+"""``tritonobs::aminmax_per_channel``: running min/max (or moving average) per channel on any axis."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tritonobs.ops._dispatch import register_kernels
+from tritonobs.ops.aminmax import finite_float32, update_running
+
+
+def channel_view(x: torch.Tensor, ch_axis: int) -> torch.Tensor:
+    """``x`` as ``[outer, C, inner]`` (a view when the strides allow it, else a copy)."""
+    shape = x.shape
+    outer = math.prod(shape[:ch_axis])
+    inner = math.prod(shape[ch_axis + 1 :])
+    return x.reshape(outer, shape[ch_axis], inner)
+
+
+def normalize_axis(ch_axis: int, ndim: int) -> int:
+    """``ch_axis`` in ``[0, ndim)``; ``ValueError`` when it is out of range."""
+    if not -ndim <= ch_axis < ndim:
+        raise ValueError(f"ch_axis={ch_axis} is out of range for a tensor with {ndim} dimensions")
+    return ch_axis % ndim
+
+
+def aminmax_per_channel_torch(
+    x: torch.Tensor,
+    ch_axis: int,
+    running_min: torch.Tensor,
+    running_max: torch.Tensor,
+    averaging_constant: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Torch reference of :func:`aminmax_per_channel`."""
+    y = channel_view(x, normalize_axis(ch_axis, x.dim()))
+    outer, _, inner = y.shape
+    if inner == 1:
+        batch_min, batch_max = torch.aminmax(y.squeeze(2), dim=0)
+    elif outer == 1:
+        batch_min, batch_max = torch.aminmax(y.squeeze(0), dim=1)
+    else:
+        batch_min, batch_max = y.amin(dim=(0, 2)), y.amax(dim=(0, 2))
+    batch_min, batch_max = batch_min.to(torch.float32), batch_max.to(torch.float32)
+    nonfinite = torch.zeros((), dtype=torch.int64, device=x.device)
+    if not bool((torch.isfinite(batch_min) & torch.isfinite(batch_max)).all()):
+        y32, finite = finite_float32(y)
+        nonfinite = (~finite).sum()
+        batch_min = torch.where(finite, y32, float("inf")).amin(dim=(0, 2))
+        batch_max = torch.where(finite, y32, float("-inf")).amax(dim=(0, 2))
+    if running_min.numel() == 0:
+        running_min = torch.full_like(batch_min, float("inf"))
+        running_max = torch.full_like(batch_max, float("-inf"))
+    new_min, new_max = update_running(
+        batch_min, batch_max, running_min, running_max, averaging_constant
+    )
+    return new_min, new_max, nonfinite
+
+
+@torch.library.custom_op("tritonobs::aminmax_per_channel", mutates_args=())
+def aminmax_per_channel(
+    x: torch.Tensor,
+    ch_axis: int,
+    running_min: torch.Tensor,
+    running_max: torch.Tensor,
+    averaging_constant: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Running min/max of ``x``'s finite values per index of ``ch_axis``.
+
+    ``x`` is read as an ``[outer, C, inner]`` view; nothing is permuted.
+
+    Args:
+        x: floating-point tensor (float16, bfloat16, float32, float64), at least one element.
+        ch_axis: channel axis, negative counts from the end.
+        running_min: float32 ``[C]``, or ``[0]`` before the first batch. ``+inf`` marks a channel
+            that has not seen a finite value.
+        running_max: float32 ``[C]`` or ``[0]``, ``-inf`` likewise.
+        averaging_constant: ``None`` for min/max, the moving-average constant otherwise.
+
+    Returns:
+        ``(new_min [C], new_max [C], nonfinite)``, float32, float32 and a 0-d int64 count of the
+        NaN/inf values skipped.
+    """
+    return aminmax_per_channel_torch(x, ch_axis, running_min, running_max, averaging_constant)
+
+
+@aminmax_per_channel.register_fake
+def _(x, ch_axis, running_min, running_max, averaging_constant):
+    channels = x.shape[normalize_axis(ch_axis, x.dim())]
+    vec = x.new_empty((channels,), dtype=torch.float32)
+    return vec, torch.empty_like(vec), x.new_empty((), dtype=torch.int64)
+
+
+register_kernels(
+    aminmax_per_channel, aminmax_per_channel_torch, "aminmax_per_channel:aminmax_per_channel_triton"
+)
