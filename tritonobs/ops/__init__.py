@@ -1,3 +1,8 @@
-"""The ``tritonobs::*`` custom ops. Importing this package registers them all."""
+"""The ``tritonobs::*`` custom ops. Importing this package registers every op module in it."""
 
-from tritonobs.ops import aminmax, aminmax_per_channel  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,0 +1,24 @@
+"""The ``tritonobs`` command: ``tritonobs calibrate`` and ``tritonobs bench``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Sequence
+
+# Each subcommand lives in its own module with ``add_parser(subparsers)`` (which sets ``func``).
+_SUBCOMMANDS = ("tritonobs._cli_calibrate", "tritonobs._cli_bench")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tritonobs`` console script."""
+    parser = argparse.ArgumentParser(prog="tritonobs", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in _SUBCOMMANDS:
+        importlib.import_module(name).add_parser(subparsers)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
