@@ -1,0 +1,168 @@
+"""Compile every Triton kernel of ``tritonobs.kernels`` for sm_90 (H100/H200) on a machine without a GPU.
+
+The interpreter runs kernels on CPU tensors but never sees the real compiler. This script does: it
+builds PTX and a cubin of each kernel variant for ``GPUTarget("cuda", 90, 32)`` and prints its
+registers and spills, so type errors, unsupported ops and register pressure show up in CI.
+
+Convention: every ``kernels/<op>.py`` that defines a ``@triton.jit`` function exports::
+
+    COMPILE_SPECS: list[tuple[JITFunction, dict[str, str], dict[str, object]]]
+    # or, where the launcher passes compile options, a 4th item:
+    #     (jit_fn, signature, constexprs, {"num_warps": 8, "enable_fp_fusion": False})
+
+one entry per variant the launcher can launch (each input dtype, each constexpr value that changes
+the code), with the launcher's own values so that the register counts are the real ones:
+
+* ``signature``: every argument of the kernel by name -> Triton type (``"*fp32"``, ``"*bf16"``,
+  ``"*i64"``, ``"i64"``, ``"i32"``, ``"fp32"``), and ``"constexpr"`` for the constexpr arguments;
+* ``constexprs``: the value of each constexpr argument;
+* options (optional): what the launcher passes besides the grid (``num_warps``, ``num_stages``,
+  ``enable_fp_fusion``).
+
+Pointers are compiled as 16-byte aligned (as the runtime specialises torch's allocations). Every
+``@triton.jit`` function whose name ends in ``_kernel`` must appear in at least one spec; helpers
+called from kernels need none. A module with a ``@triton.jit`` function and no ``COMPILE_SPECS`` fails.
+
+Run it in a process without the interpreter (``tests/test_compile_sm90.py`` does)::
+
+    TRITON_INTERPRET=0 python tests/compile_sm90.py [module ...]
+
+Prints one line per spec; exits 1 if a module breaks the convention or a spec fails to compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from types import ModuleType
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
+
+import tritonobs.kernels
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def jit_functions(module: ModuleType) -> dict[str, JITFunction]:
+    """The ``@triton.jit`` functions defined in ``module`` (not those it imports)."""
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if isinstance(obj, JITFunction) and obj.fn.__module__ == module.__name__
+    }
+
+
+def variant(signature: dict[str, str], constexprs: dict[str, object], options: dict) -> str:
+    """A short label of a spec: its pointer dtypes, constexprs and options."""
+    dtypes = sorted({t[1:] for t in signature.values() if t.startswith("*")})
+    parts = ["/".join(dtypes)] + [f"{k}={v}" for k, v in {**constexprs, **options}.items()]
+    return " ".join(parts)
+
+
+def registers_and_spills(kernel: triton.compiler.CompiledKernel) -> tuple[int, int, int]:
+    """``(registers, spill store bytes, spill load bytes)`` from ``ptxas -v`` on the kernel's PTX.
+
+    ``CompiledKernel.n_regs`` needs a driver; the ptxas Triton uses, with the flags it passes,
+    reports the same numbers without one.
+    """
+    ptxas = get_ptxas(TARGET.arch).path
+    fmad = [] if kernel.metadata.enable_fp_fusion else ["--fmad=false"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(kernel.asm["ptx"])
+        log = subprocess.run(
+            [
+                ptxas,
+                "-v",
+                "-lineinfo",
+                "--regAllocOptLevel=2",
+                *fmad,
+                f"--gpu-name={sm_arch_from_capability(TARGET.arch)}",
+                ptx,
+            ]
+            + ["-o", os.path.join(tmp, "k.cubin")],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    return (
+        int(regs.group(1)) if regs else -1,
+        int(spills.group(1)) if spills else -1,
+        int(spills.group(2)) if spills else -1,
+    )
+
+
+def check_module(name: str) -> int:
+    """Compile ``tritonobs.kernels.<name>``'s specs; returns the number of failures."""
+    try:
+        module = importlib.import_module(f"tritonobs.kernels.{name}")
+    except Exception:
+        print(f"FAIL {name}: import failed\n{traceback.format_exc()}")
+        return 1
+    functions = jit_functions(module)
+    if not functions:
+        return 0
+    specs = getattr(module, "COMPILE_SPECS", None)
+    if not specs:
+        print(f"FAIL {name}: defines @triton.jit {sorted(functions)} but no COMPILE_SPECS")
+        return 1
+    failures = 0
+    covered = {spec[0].fn.__name__ for spec in specs}
+    for missing in sorted(n for n in functions if n.endswith("_kernel") and n not in covered):
+        print(f"FAIL {name}.{missing}: kernel has no entry in COMPILE_SPECS")
+        failures += 1
+    for fn, signature, constexprs, *rest in specs:
+        options = rest[0] if rest else {}
+        label = f"{name}.{fn.fn.__name__} [{variant(signature, constexprs, options)}]"
+        attrs = {
+            (fn.arg_names.index(arg),): [["tt.divisibility", 16]]
+            for arg, ty in signature.items()
+            if ty.startswith("*")
+        }
+        start = time.perf_counter()
+        try:
+            kernel = triton.compile(
+                ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=options
+            )
+            regs, spill_stores, spill_loads = registers_and_spills(kernel)
+        except Exception:
+            print(f"FAIL {label}\n{traceback.format_exc()}")
+            failures += 1
+            continue
+        seconds = time.perf_counter() - start
+        spills = f"spills {spill_stores}B st/{spill_loads}B ld"
+        warn = "  <-- SPILLS" if spill_stores > 0 or spill_loads > 0 else ""
+        print(f"ok   {label}: {regs} registers, {spills}, {seconds:.2f} s{warn}")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="kernel modules to check (default: all)")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        parser.error("needs the real compiler: run it with TRITON_INTERPRET unset or 0")
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    names = args.modules or sorted(m.name for m in pkgutil.iter_modules(tritonobs.kernels.__path__))
+    failures = sum(check_module(name) for name in names)
+    print(f"{len(names)} modules, {failures} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
