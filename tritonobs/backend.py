@@ -64,8 +64,16 @@ def use_backend(name: Backend) -> Iterator[None]:
 
 
 def triton_available() -> bool:
-    """Whether the ``triton`` package is importable (checked without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether the ``triton`` package can be found (checked without importing it).
+
+    Returns:
+        ``False`` when no finder knows ``triton``, or when a finder refuses it with an
+        ``ImportError`` (an import hook that blocks the package).
+    """
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def uses_triton(device: torch.device) -> bool:
