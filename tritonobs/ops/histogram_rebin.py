@@ -1,0 +1,103 @@
+"""``tritonobs::histogram_rebin``: a histogram mapped onto a wider range, as torch.ao re-bins it.
+
+torch.ao's ``HistogramObserver._combine_histograms`` moves the running histogram into the range that
+grew to hold a new batch. Without the batch's own counts, that is:
+
+* same range: the histogram unchanged;
+* a degenerate old range (``orig_min == orig_max``, every value was that one number): all the mass
+  in the new bin of that number (``torch.histc`` of it over the new range, times the total);
+* otherwise (``_upscale_histogram``): each old bin is split into ``upsample_rate`` equal parts whose
+  mid-points (``torch.linspace`` over the old range plus half a sub-bin) go to the new bin
+  ``torch.bucketize(mid, torch.linspace(new_min, new_max, bins + 1), right=True) - 1``, clamped to
+  ``[0, bins - 1]``, and the parts are summed per new bin.
+
+An uninitialised old range (``orig_min == +inf`` or ``orig_max == -inf``) holds no mass: the result
+is zeros. The distributed merge uses this op to bring every rank's histogram onto the union range.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tritonobs.ops._dispatch import register_kernels
+
+
+def is_uninitialised(min_val: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
+    """torch.ao's "observer has not seen data" test: ``min_val == +inf or max_val == -inf`` (0-d bool)."""
+    return (min_val == float("inf")) | (max_val == float("-inf"))
+
+
+def upscale_histogram_torch(
+    histogram: torch.Tensor,
+    orig_min: torch.Tensor,
+    orig_max: torch.Tensor,
+    new_min: torch.Tensor,
+    new_max: torch.Tensor,
+    upsample_rate: int,
+) -> torch.Tensor:
+    """torch.ao's ``_upscale_histogram``, op for op, so that the float32 roundings are the same."""
+    bins = histogram.numel()
+    parts = histogram.repeat_interleave(upsample_rate) / upsample_rate
+    sub_bin = (orig_max - orig_min) / (bins * upsample_rate)
+    mid_points = (
+        torch.linspace(orig_min, orig_max, bins * upsample_rate + 1, device=histogram.device)[:-1]
+        + 0.5 * sub_bin
+    )
+    boundaries = torch.linspace(new_min, new_max, bins + 1, device=histogram.device)
+    buckets = torch.bucketize(mid_points, boundaries, right=True) - 1
+    buckets.clamp_(0, bins - 1)
+    return torch.bincount(buckets, weights=parts, minlength=bins)
+
+
+def histogram_rebin_torch(
+    histogram: torch.Tensor,
+    orig_min: torch.Tensor,
+    orig_max: torch.Tensor,
+    new_min: torch.Tensor,
+    new_max: torch.Tensor,
+    upsample_rate: int,
+) -> torch.Tensor:
+    """Torch reference of :func:`histogram_rebin` (branches on the range values, on the host)."""
+    if bool((new_min == orig_min) & (new_max == orig_max)):
+        return histogram.clone()
+    if bool(is_uninitialised(orig_min, orig_max)):
+        return torch.zeros_like(histogram)
+    if bool(orig_min == orig_max):
+        one_hot = torch.histc(
+            orig_min, bins=histogram.numel(), min=new_min.item(), max=new_max.item()
+        )
+        return one_hot * histogram.sum()
+    return upscale_histogram_torch(histogram, orig_min, orig_max, new_min, new_max, upsample_rate)
+
+
+@torch.library.custom_op("tritonobs::histogram_rebin", mutates_args=())
+def histogram_rebin(
+    histogram: torch.Tensor,
+    orig_min: torch.Tensor,
+    orig_max: torch.Tensor,
+    new_min: torch.Tensor,
+    new_max: torch.Tensor,
+    upsample_rate: int,
+) -> torch.Tensor:
+    """``histogram`` over ``[orig_min, orig_max]`` re-binned onto ``[new_min, new_max]`` (torch.ao's algorithm).
+
+    Args:
+        histogram: float32 counts, shape ``[bins]``.
+        orig_min: 0-d float32, the histogram's lower edge (``+inf`` when uninitialised).
+        orig_max: 0-d float32, the histogram's upper edge (``-inf`` when uninitialised).
+        new_min: 0-d float32, ``<= orig_min`` (or any value when the old range is uninitialised).
+        new_max: 0-d float32, ``>= orig_max``.
+        upsample_rate: sub-bins per old bin (HistogramObserver uses 16).
+
+    Returns:
+        float32 ``[bins]``: the old mass in the new bins (the same total up to float32 rounding).
+    """
+    return histogram_rebin_torch(histogram, orig_min, orig_max, new_min, new_max, upsample_rate)
+
+
+@histogram_rebin.register_fake
+def _(histogram, orig_min, orig_max, new_min, new_max, upsample_rate):
+    return torch.empty_like(histogram)
+
+
+register_kernels(histogram_rebin, histogram_rebin_torch, "histogram_rebin:histogram_rebin_triton")
