@@ -188,7 +188,8 @@ def _range(observer: nn.Module) -> tuple[float, float] | None:
         return None
     if min_val.numel() == 0 or max_val.numel() == 0:
         return None
-    return float(min_val.min()), float(max_val.max())
+    low, high = float(min_val.min()), float(max_val.max())
+    return (low, high) if low <= high else None
 
 
 class CalibrationResult:
