@@ -70,6 +70,19 @@ def _float32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
+def _first_below(beta: list[float], total: float, bound: float, lo: int) -> int:
+    # First m >= lo with float32(beta[m] * total) < bound, else len(beta). Galloping, then a
+    # bisection: runs of no-op steps are usually short.
+    def below(m: int) -> bool:
+        return _float32(beta[m] * total) < bound
+
+    hi, width = lo, 1
+    while hi < len(beta) and not below(hi):
+        lo, hi, width = hi + 1, hi + width, width * 2
+    hi = min(hi, len(beta))
+    return lo + bisect_left(range(lo, hi), True, key=below)
+
+
 def search_path(cumsum: list[float], total: float) -> Iterator[tuple[int, int]]:
     """The candidate ranges torch.ao's search evaluates, in order, as ``(start_bin, end_bin)``.
 
@@ -102,13 +115,10 @@ def search_path(cumsum: list[float], total: float) -> Iterator[tuple[int, int]]:
             # Neither side moves (l == start, r == end): beta alone steps on, with l fixed, until
             # its threshold drops below cumsum[end], where r < end. Jump to the step before that
             # one; the loop condition then decides whether the walk gets there.
-            bound = cumsum[end]
-            offset = bisect_left(
-                range(j + 2, len(beta)), True, key=lambda m: _float32(beta[m] * total) < bound
-            )
-            if j + 2 + offset == len(beta):
+            m = _first_below(beta, total, cumsum[end], j + 2)
+            if m == len(beta):
                 return
-            j += 1 + offset
+            j = m - 1
             continue
         yield start, end
 
