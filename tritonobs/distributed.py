@@ -150,26 +150,6 @@ def _store(observer: ObserverBase, name: str, value: torch.Tensor) -> None:
         setattr(observer, name, value.to(current.dtype))
 
 
-def _rebinned_histogram(
-    obs: HistogramObserver, new_min: torch.Tensor, new_max: torch.Tensor
-) -> torch.Tensor:
-    """``obs.histogram`` on ``[new_min, new_max]`` (the ranks' union), zero if ``obs`` saw nothing."""
-    seen = obs.min_val <= obs.max_val
-    anyone_seen = new_min <= new_max
-    # Finite, non-degenerate stand-ins keep the op's arithmetic finite where its result is unused.
-    safe_min = torch.where(anyone_seen, new_min, torch.zeros_like(new_min))
-    safe_max = torch.where(new_max > new_min, new_max, safe_min + 1)
-    orig_min = torch.where(seen, obs.min_val, safe_min)
-    orig_max = torch.where(seen, obs.max_val, safe_max)
-    rebinned = torch.ops.tritonobs.histogram_rebin(
-        obs.histogram, orig_min, orig_max, safe_min, safe_max, obs.upsample_rate
-    )
-    same_range = (obs.min_val == new_min) & (obs.max_val == new_max)
-    return torch.where(
-        same_range, obs.histogram, torch.where(seen, rebinned, torch.zeros_like(rebinned))
-    )
-
-
 def sync_observers(
     module_or_observers: torch.nn.Module | Iterable[ObserverBase],
     group: dist.ProcessGroup | None = None,
@@ -264,7 +244,12 @@ def _reduce_sums(
             pieces += [torch.where(seen, ema_min, zero), torch.where(seen, ema_max, zero), seen]
         elif entry.kind == _HISTOGRAM:
             at = entry.min_at
-            pieces.append(_rebinned_histogram(obs, low[at], high[at]))
+            # Same range: unchanged; a rank that saw nothing: zeros (the op's contract).
+            pieces.append(
+                torch.ops.tritonobs.histogram_rebin(
+                    obs.histogram, obs.min_val, obs.max_val, low[at], high[at], obs.upsample_rate
+                )
+            )
         entry.sum_at = offset
         flat = [p.to(device, torch.float64).reshape(-1) for p in pieces]
         offset += sum(p.numel() for p in flat)
