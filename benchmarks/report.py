@@ -1,0 +1,333 @@
+"""Turn a pytest-benchmark JSON result of ``benchmarks/`` into a markdown table and a PNG plot.
+
+    python benchmarks/report.py RESULT.json [--markdown OUT.md] [--png OUT.png]
+
+The table has one row per workload and the providers side by side (median time of each, the
+tritonobs speedup over torch.ao, its GB/s and fraction of the copy bandwidth measured in the same
+run), followed by the performance targets of issue 4 and whether each holds. The plot shows
+tritonobs' speedup over torch.ao and its GB/s against input size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+
+
+def load_records(path: str | Path) -> tuple[list[Record], dict[str, Any]]:
+    """The ``extra_info`` of every benchmark in a pytest-benchmark JSON file, and the run's metadata.
+
+    Returns:
+        ``(records, meta)``: one record per benchmark (its ``extra_info`` plus ``name``), and
+        ``{"datetime": ..., "machine": ...}`` from the file.
+    """
+    data = json.loads(Path(path).read_text())
+    records = [{**b["extra_info"], "name": b["name"]} for b in data["benchmarks"]]
+    meta = {"datetime": data.get("datetime", ""), "machine": data.get("machine_info", {})}
+    return records, meta
+
+
+def _fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def table_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
+    """One row per workload (``case``) with each provider's median time and tritonobs' figures."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in records:
+        row = rows.setdefault(
+            r["case"],
+            {k: r.get(k, "") for k in ("benchmark", "shape", "numel", "dtype", "data")}
+            | {"what": r.get("observer") or r.get("op", ""), "case": r["case"]},
+        )
+        row[r["provider"]] = r["time_ms"]
+        row.setdefault("torch.ao", r["torch_ao_ms"])
+        if r["provider"] == "tritonobs":
+            row["speedup"] = r["speedup_vs_torch_ao"]
+            row["gbps"] = r["gbps"]
+            row["copy_fraction"] = r["copy_fraction"]
+        if r["provider"] == "torch.compile":
+            row["compile_speedup"] = r["speedup_vs_torch_ao"]
+    return list(rows.values())
+
+
+def markdown_table(records: list[Record]) -> str:
+    """The results as a markdown table, one row per workload."""
+    header = (
+        "| benchmark | observer / op | shape | dtype | data | torch.ao ms | tritonobs ms | "
+        "speedup | GB/s | % copy BW | torch.compile ms | compile speedup |"
+    )
+    lines = [header, "|" + "---|" * 12]
+    for row in table_rows(records):
+        speedup = row.get("speedup")
+        compile_speedup = row.get("compile_speedup")
+        gbps = row.get("gbps")
+        fraction = row.get("copy_fraction")
+        lines.append(
+            f"| {row['benchmark']} | {row['what']} | {row['shape']} | {row['dtype']} | "
+            f"{row['data']} | {_fmt_ms(row.get('torch.ao'))} | {_fmt_ms(row.get('tritonobs'))} | "
+            f"{'-' if speedup is None else f'{speedup:.2f}x'} | "
+            f"{'-' if gbps is None else f'{gbps:.3g}'} | "
+            f"{'-' if fraction is None else f'{100 * fraction:.0f}%'} | "
+            f"{_fmt_ms(row.get('torch.compile'))} | "
+            f"{'-' if compile_speedup is None else f'{compile_speedup:.2f}x'} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A performance target: every matching tritonobs record must reach ``threshold``.
+
+    Attributes:
+        text: the target as stated in issue 4.
+        device_type: ``cpu`` or ``cuda``.
+        metric: ``speedup_vs_torch_ao`` or ``copy_fraction``.
+        threshold: the lowest acceptable value of the metric.
+        match: selects the records the target is about.
+    """
+
+    text: str
+    device_type: str
+    metric: str
+    threshold: float
+    match: Callable[[Record], bool]
+
+
+def _forward(r: Record) -> bool:
+    return r.get("benchmark", "").startswith("forward")
+
+
+def _minmax_family(r: Record) -> bool:
+    return "MinMaxObserver" in r.get("observer", "")
+
+
+def _heavy_tailed(r: Record) -> bool:
+    return r.get("data") in ("student_t", "llm")
+
+
+TARGETS: list[Target] = [
+    Target(
+        "CPU: forward >= 1.0x torch.ao, every observer", "cpu", "speedup_vs_torch_ao", 1.0, _forward
+    ),
+    Target(
+        "CPU: forward >= 3x torch.ao for bf16 input (min/max observers: torch.ao copies to fp32)",
+        "cpu",
+        "speedup_vs_torch_ao",
+        3.0,
+        lambda r: _forward(r) and _minmax_family(r) and r["dtype"] == "bf16",
+    ),
+    Target(
+        "CPU: per-channel forward on the last axis >= 3x torch.ao",
+        "cpu",
+        "speedup_vs_torch_ao",
+        3.0,
+        lambda r: (
+            _forward(r) and "PerChannel" in r.get("observer", "") and "ch_axis-1" in r["observer"]
+        ),
+    ),
+    Target(
+        "CPU: HistogramObserver calculate_qparams >= 10x torch.ao on heavy-tailed streams",
+        "cpu",
+        "speedup_vs_torch_ao",
+        10.0,
+        lambda r: (
+            r.get("observer") == "HistogramObserver"
+            and r["benchmark"] == "calculate_qparams"
+            and _heavy_tailed(r)
+        ),
+    ),
+    Target(
+        "CUDA: per-tensor aminmax [8192, 8192] bf16 >= 85% of copy bandwidth",
+        "cuda",
+        "copy_fraction",
+        0.85,
+        lambda r: (
+            r.get("op") == "tritonobs::aminmax"
+            and r["benchmark"].endswith("(minmax)")
+            and r["shape"] == "8192x8192"
+            and r["dtype"] == "bf16"
+        ),
+    ),
+    Target(
+        "CUDA: per-channel aminmax (ch_axis 0 and -1) [8192, 8192] bf16 >= 80% of copy bandwidth",
+        "cuda",
+        "copy_fraction",
+        0.80,
+        lambda r: (
+            r.get("op") == "tritonobs::aminmax_per_channel"
+            and "(minmax," in r["benchmark"]
+            and r["shape"] == "8192x8192"
+            and r["dtype"] == "bf16"
+        ),
+    ),
+    Target(
+        "CUDA: HistogramObserver forward >= 10x torch.ao",
+        "cuda",
+        "speedup_vs_torch_ao",
+        10.0,
+        lambda r: r.get("observer") == "HistogramObserver" and _forward(r),
+    ),
+    Target(
+        "CUDA: HistogramObserver calculate_qparams >= 100x torch.ao",
+        "cuda",
+        "speedup_vs_torch_ao",
+        100.0,
+        lambda r: (
+            r.get("observer") == "HistogramObserver" and r["benchmark"] == "calculate_qparams"
+        ),
+    ),
+]
+
+
+def evaluate_targets(records: list[Record]) -> list[dict[str, Any]]:
+    """Each target's verdict on the tritonobs records of ``records``.
+
+    Returns:
+        One dict per target: ``target``, ``status`` (``holds``, ``fails`` or ``not measured``),
+        ``count`` (records it covers), ``worst`` (lowest metric value), ``worst_case``,
+        ``median`` and ``failing`` (the cases below the threshold).
+    """
+    verdicts = []
+    for target in TARGETS:
+        matched = [
+            r
+            for r in records
+            if r["provider"] == "tritonobs"
+            and r.get("device_type") == target.device_type
+            and target.match(r)
+        ]
+        verdict: dict[str, Any] = {"target": target.text, "count": len(matched)}
+        if not matched:
+            verdict["status"] = "not measured"
+            verdicts.append(verdict)
+            continue
+        worst = min(matched, key=lambda r: r[target.metric])
+        failing = [r["case"] for r in matched if r[target.metric] < target.threshold]
+        verdict |= {
+            "status": "fails" if failing else "holds",
+            "worst": worst[target.metric],
+            "worst_case": worst["case"],
+            "median": statistics.median(r[target.metric] for r in matched),
+            "metric": target.metric,
+            "failing": failing,
+        }
+        verdicts.append(verdict)
+    return verdicts
+
+
+def _fmt_metric(metric: str, value: float) -> str:
+    return f"{100 * value:.0f}%" if metric == "copy_fraction" else f"{value:.2f}x"
+
+
+def markdown_targets(records: list[Record]) -> str:
+    """The targets as a markdown table: status, how many workloads, worst and median value."""
+    lines = ["| target | status | workloads | worst (case) | median |", "|---|---|---|---|---|"]
+    for v in evaluate_targets(records):
+        if v["status"] == "not measured":
+            lines.append(f"| {v['target']} | not measured | 0 | - | - |")
+            continue
+        lines.append(
+            f"| {v['target']} | {v['status']} ({len(v['failing'])} below) | {v['count']} | "
+            f"{_fmt_metric(v['metric'], v['worst'])} ({v['worst_case']}) | "
+            f"{_fmt_metric(v['metric'], v['median'])} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_report(records: list[Record], meta: dict[str, Any]) -> str:
+    """Heading (device, date, versions, copy bandwidth), the results table and the targets."""
+    if not records:
+        return "No benchmark results."
+    first = records[0]
+    return "\n".join(
+        [
+            f"### {first['device']}, {meta.get('datetime', '')[:16].replace('T', ' ')} UTC",
+            "",
+            f"torch {first['torch']}, triton {first['triton']}, tritonobs {first['tritonobs']}, "
+            f"profile `{first['profile']}`, measured copy bandwidth {first['copy_gbps']:.1f} GB/s "
+            f"(load average at start {first.get('loadavg', '-')}). Times are medians in ms; speedups "
+            "are over torch.ao measured in the same run.",
+            "",
+            markdown_table(records),
+            "",
+            "#### Targets",
+            "",
+            markdown_targets(records),
+            "",
+        ]
+    )
+
+
+def plot(records: list[Record], path: str | Path) -> None:
+    """Write a PNG: tritonobs' speedup over torch.ao and its GB/s against input size.
+
+    One line per benchmark, observer/op and dtype (geometric mean over the data kinds).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[int, list[Record]]] = {}
+    for r in records:
+        if r["provider"] != "tritonobs":
+            continue
+        label = f"{r['benchmark']} {r.get('observer') or r.get('op', '')} {r['dtype']}"
+        series.setdefault(label, {}).setdefault(r["numel"], []).append(r)
+
+    fig, (ax_speed, ax_bw) = plt.subplots(1, 2, figsize=(16, 7))
+    for label, by_size in sorted(series.items()):
+        sizes = sorted(by_size)
+
+        def geomean(key: str, size: int, by_size: dict[int, list[Record]] = by_size) -> float:
+            return math.exp(statistics.fmean(math.log(r[key]) for r in by_size[size]))
+
+        ax_speed.plot(sizes, [geomean("speedup_vs_torch_ao", s) for s in sizes], "o-", label=label)
+        ax_bw.plot(sizes, [geomean("gbps", s) for s in sizes], "o-", label=label)
+    first = records[0]
+    ax_speed.axhline(1.0, color="black", linewidth=0.8)
+    ax_bw.axhline(first["copy_gbps"], color="black", linestyle="--", label="copy bandwidth")
+    for ax, ylabel in ((ax_speed, "speedup over torch.ao"), (ax_bw, "GB/s")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("elements")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_bw.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(f"tritonobs vs torch.ao on {first['device']} (torch {first['torch']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("result", help="pytest-benchmark JSON (--benchmark-json) of benchmarks/")
+    parser.add_argument("--markdown", help="write the report here instead of printing it")
+    parser.add_argument("--png", help="write the plot here")
+    args = parser.parse_args(argv)
+    records, meta = load_records(args.result)
+    report = markdown_report(records, meta)
+    if args.markdown:
+        Path(args.markdown).write_text(report)
+    else:
+        print(report)
+    if args.png:
+        plot(records, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,493 @@
+"""Benchmark harness shared by ``benchmarks/``, ``tritonobs bench`` and ``benchmarks/gpu_check.sh``.
+
+One harness times every provider of a workload the same way and records, in pytest-benchmark's
+``extra_info``: device and versions, bytes moved, GB/s, the device copy bandwidth measured in the
+same run and the fraction of it reached, and the speedup over torch.ao (also measured in the same
+run). Times are medians: CUDA events around the call on CUDA (the host waits on the end event),
+``time.perf_counter`` on CPU. Inputs rotate through enough distinct tensors that a cache cannot
+serve them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+DATA_KINDS: tuple[str, ...] = ("llm", "student_t", "relu", "normal")
+PROVIDERS: tuple[str, ...] = ("torch.ao", "tritonobs", "torch.compile")
+BASELINE = "torch.ao"
+
+_MIB = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """What a benchmark run covers and how long it measures.
+
+    Attributes:
+        name: profile name (``cuda``, ``cpu``, ``tiny``, ``gpu_check``, ``gpu_check_dry``).
+        sizes: input shapes.
+        dtypes: input dtypes.
+        data_kinds: input distributions (see :func:`make_input`).
+        providers: implementations compared.
+        compile_backend: ``torch.compile`` backend of the ``torch.compile`` provider.
+        target_s: measuring time aimed at per workload (rounds = target_s / one call).
+        min_rounds: fewest timed rounds.
+        max_rounds: most timed rounds.
+        rotate_bytes: inputs rotate through at least this many bytes (2 to 8 tensors).
+        copy_bytes: size of the buffer whose copy measures the device bandwidth.
+        stream_batches: batches a calculate_qparams benchmark observes before it is timed.
+        tiny: a smoke profile (fewer candidate ranges in the search benchmarks, and so on).
+    """
+
+    name: str
+    sizes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[torch.dtype, ...]
+    data_kinds: tuple[str, ...]
+    providers: tuple[str, ...]
+    compile_backend: str
+    target_s: float
+    min_rounds: int
+    max_rounds: int
+    rotate_bytes: int
+    copy_bytes: int
+    stream_batches: int
+    tiny: bool
+
+
+_BOTH_DTYPES = (torch.float32, torch.bfloat16)
+
+PROFILES: dict[str, Profile] = {
+    profile.name: profile
+    for profile in (
+        Profile(
+            name="cuda",
+            sizes=((4096, 4096), (8192, 8192), (16, 4096, 4096)),
+            dtypes=_BOTH_DTYPES,
+            data_kinds=DATA_KINDS,
+            providers=PROVIDERS,
+            compile_backend="inductor",
+            target_s=0.2,
+            min_rounds=10,
+            max_rounds=200,
+            rotate_bytes=512 * _MIB,
+            copy_bytes=1024 * _MIB,
+            stream_batches=8,
+            tiny=False,
+        ),
+        Profile(
+            name="cpu",
+            sizes=((1024, 1024), (2048, 2048), (4, 1024, 1024)),
+            dtypes=_BOTH_DTYPES,
+            data_kinds=DATA_KINDS,
+            providers=PROVIDERS,
+            compile_backend="inductor",
+            target_s=0.3,
+            min_rounds=3,
+            max_rounds=30,
+            rotate_bytes=64 * _MIB,
+            copy_bytes=256 * _MIB,
+            stream_batches=4,
+            tiny=False,
+        ),
+        # CI smoke run: every benchmark once on tiny shapes; the "eager" compile backend still
+        # traces each reference with dynamo but skips code generation.
+        Profile(
+            name="tiny",
+            sizes=((5, 123), (3, 4, 17)),
+            dtypes=_BOTH_DTYPES,
+            data_kinds=DATA_KINDS,
+            providers=PROVIDERS,
+            compile_backend="eager",
+            target_s=0.0,
+            min_rounds=1,
+            max_rounds=1,
+            rotate_bytes=0,
+            copy_bytes=_MIB,
+            stream_batches=2,
+            tiny=True,
+        ),
+        # The subset benchmarks/gpu_check.sh runs on an H200 (torch.compile would not fit in it).
+        Profile(
+            name="gpu_check",
+            sizes=((8192, 8192),),
+            dtypes=_BOTH_DTYPES,
+            data_kinds=("llm", "student_t"),
+            providers=("torch.ao", "tritonobs"),
+            compile_backend="inductor",
+            target_s=0.15,
+            min_rounds=3,
+            max_rounds=100,
+            rotate_bytes=512 * _MIB,
+            copy_bytes=1024 * _MIB,
+            stream_batches=8,
+            tiny=False,
+        ),
+        # gpu_check.sh --dry-run: the same subset on tiny CPU shapes.
+        Profile(
+            name="gpu_check_dry",
+            sizes=((5, 123),),
+            dtypes=_BOTH_DTYPES,
+            data_kinds=("llm", "student_t"),
+            providers=("torch.ao", "tritonobs"),
+            compile_backend="eager",
+            target_s=0.0,
+            min_rounds=1,
+            max_rounds=1,
+            rotate_bytes=0,
+            copy_bytes=_MIB,
+            stream_batches=2,
+            tiny=True,
+        ),
+    )
+}
+
+
+def default_profile_name() -> str:
+    """``TRITONOBS_BENCH_PROFILE`` if set, else ``cuda`` when a GPU is present, else ``cpu``."""
+    name = os.environ.get("TRITONOBS_BENCH_PROFILE")
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name`` (``ValueError`` for an unknown one)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown benchmark profile {name!r}; one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def bench_device(profile: Profile) -> torch.device:
+    """CUDA for the GPU profiles, CPU otherwise."""
+    return torch.device("cuda" if profile.name in ("cuda", "gpu_check") else "cpu")
+
+
+def providers(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: the providers a benchmark supports (the profile's providers are intersected)."""
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.bench_providers = names  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def make_input(
+    kind: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device, seed: int
+) -> torch.Tensor:
+    """A tensor drawn from one of :data:`DATA_KINDS`, generated in float32 then cast to ``dtype``.
+
+    * ``llm``: standard normal, with a few channels of the last axis (C/512, between 1 and 8)
+      scaled by 100, the outlier channels of transformer activations;
+    * ``student_t``: Student-t with 3 degrees of freedom (heavy tails);
+    * ``relu``: ReLU of a standard normal (half the values are exactly 0);
+    * ``normal``: standard normal.
+
+    Args:
+        kind: one of :data:`DATA_KINDS`.
+        shape: the shape.
+        dtype: the dtype returned.
+        device: where to generate it.
+        seed: the generator seed (a different seed gives a different tensor).
+
+    Returns:
+        The tensor, contiguous.
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def normal() -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=gen, device=device)
+
+    x = normal()
+    if kind == "llm":
+        channels = shape[-1]
+        count = max(1, min(8, channels // 512))
+        outliers = torch.randperm(channels, generator=gen, device=device)[:count]
+        x[..., outliers] *= 100.0
+    elif kind == "student_t":
+        dof = 3
+        chi2 = sum(normal().square() for _ in range(dof))
+        x = x / (chi2 / dof).sqrt()
+    elif kind == "relu":
+        x = x.clamp_min(0.0)
+    elif kind != "normal":
+        raise ValueError(f"unknown data kind {kind!r}; one of {', '.join(DATA_KINDS)}")
+    return x.to(dtype)
+
+
+def rotating_inputs(
+    kind: str,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    device: torch.device,
+    profile: Profile,
+    scale: float = 1.0,
+) -> list[torch.Tensor]:
+    """Distinct inputs whose total size reaches ``profile.rotate_bytes`` (2 to 8 tensors).
+
+    Cycling through them keeps a workload from being served by a cache that held the last one.
+    The last set is kept, so the providers of one case (benchmarked one after another) share it.
+    """
+    global _LAST_INPUTS
+    key = (kind, tuple(shape), dtype, str(device), profile.name, scale)
+    if _LAST_INPUTS is None or _LAST_INPUTS[0] != key:
+        _LAST_INPUTS = None  # free the previous set before making the next
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        count = min(8, max(2, math.ceil(profile.rotate_bytes / max(size, 1))))
+        inputs = [make_input(kind, shape, dtype, device, seed) * scale for seed in range(count)]
+        _LAST_INPUTS = (key, inputs)
+    return _LAST_INPUTS[1]
+
+
+_LAST_INPUTS: tuple[tuple[Any, ...], list[torch.Tensor]] | None = None
+
+
+class Cycle:
+    """Round-robin over a list: ``next()`` returns the following item, forever."""
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = list(items)
+        self.index = -1
+
+    def next(self) -> Any:
+        self.index = (self.index + 1) % len(self.items)
+        return self.items[self.index]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclasses.dataclass
+class Workload:
+    """One thing to time, built for one provider.
+
+    Attributes:
+        fn: the call timed.
+        setup: returns the positional arguments of the next call (not timed): the next rotating
+            input, a restored observer state, ...
+    """
+
+    fn: Callable[..., Any]
+    setup: Callable[[], tuple[Any, ...]]
+
+
+def _timed(
+    fn: Callable[..., Any], device: torch.device, times_ms: list[float]
+) -> Callable[..., Any]:
+    """``fn`` wrapped to append its duration (ms) to ``times_ms`` and return when it is done."""
+    if device.type == "cuda":
+
+        def timed_cuda(*args: Any) -> Any:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn(*args)
+            end.record()
+            end.synchronize()
+            times_ms.append(start.elapsed_time(end))
+            return out
+
+        return timed_cuda
+
+    def timed_cpu(*args: Any) -> Any:
+        start = time.perf_counter()
+        out = fn(*args)
+        times_ms.append((time.perf_counter() - start) * 1e3)
+        return out
+
+    return timed_cpu
+
+
+def time_workload(
+    workload: Workload,
+    device: torch.device,
+    profile: Profile,
+    benchmark: Any | None = None,
+) -> list[float]:
+    """Time ``workload``: one warm-up call, then rounds sized by ``profile.target_s``.
+
+    Args:
+        workload: what to time.
+        device: where it runs (CUDA events there, ``perf_counter`` on CPU).
+        profile: rounds and time per workload.
+        benchmark: the pytest-benchmark fixture; its ``pedantic`` drives the rounds when given
+            (a disabled fixture runs one call, and that one call is timed).
+
+    Returns:
+        The time of each timed round, in milliseconds.
+    """
+    times: list[float] = []
+    timed = _timed(workload.fn, device, times)
+    if benchmark is not None and benchmark.disabled:
+        benchmark.pedantic(timed, setup=lambda: (workload.setup(), {}))
+        return times
+    synchronize(device)
+    timed(*workload.setup())
+    rounds = int(profile.target_s / max(times.pop(), 1e-6) * 1e3)
+    rounds = min(profile.max_rounds, max(profile.min_rounds, rounds))
+    if benchmark is None:
+        for _ in range(rounds):
+            timed(*workload.setup())
+    else:
+        benchmark.pedantic(timed, setup=lambda: (workload.setup(), {}), rounds=rounds)
+    return times
+
+
+_COPY_GBPS: dict[tuple[str, int], float] = {}
+
+
+def copy_bandwidth_gbps(device: torch.device, profile: Profile) -> float:
+    """The device's copy bandwidth (read + write bytes per second, in GB/s), measured once a run.
+
+    Times ``dst.copy_(src)`` on ``profile.copy_bytes`` buffers with the same harness as the
+    benchmarks, so a workload's GB/s divided by this is the fraction of reachable bandwidth.
+    """
+    key = (str(device), profile.copy_bytes)
+    if key not in _COPY_GBPS:
+        numel = profile.copy_bytes // 4
+        sources = [torch.ones(numel, device=device) for _ in range(2)]
+        dst = torch.empty(numel, device=device)
+        cycle = Cycle(sources)
+        measuring = dataclasses.replace(profile, min_rounds=max(profile.min_rounds, 5))
+        times = time_workload(
+            Workload(dst.copy_, lambda: (cycle.next(),)), device, measuring, benchmark=None
+        )
+        _COPY_GBPS[key] = 2 * profile.copy_bytes / (statistics.median(times) * 1e6)
+    return _COPY_GBPS[key]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device and versions, recorded with every result."""
+    from tritonobs import __version__
+    from tritonobs.backend import get_backend
+
+    return {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "tritonobs": __version__,
+        "python": platform.python_version(),
+        "tritonobs_backend": get_backend(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+        # CPU timings on a shared machine are only as good as its load.
+        "loadavg": round(os.getloadavg()[0], 2),
+    }
+
+
+@dataclasses.dataclass
+class Case:
+    """A workload identified independently of its provider.
+
+    Attributes:
+        key: names the workload; the same key for every provider (the torch.ao time is cached
+            under it for the speedups).
+        bytes_moved: bytes the workload must read and write at least (the input once, the state).
+        build: makes the :class:`Workload` of a provider.
+        info: what to record about the workload (op, shape, dtype, data, axis, ...).
+    """
+
+    key: str
+    bytes_moved: int
+    build: Callable[[str], Workload]
+    info: dict[str, Any]
+
+
+_BASELINE_MS: dict[str, float] = {}
+
+
+def run_case(benchmark: Any, case: Case, provider: str, profile: Profile) -> dict[str, Any]:
+    """Time ``case`` for ``provider`` under ``benchmark`` and fill ``benchmark.extra_info``.
+
+    The torch.ao time of the same case comes from this run: cached when the torch.ao benchmark ran
+    first, measured here otherwise.
+
+    Returns:
+        The ``extra_info`` dictionary.
+    """
+    device = bench_device(profile)
+    times = time_workload(case.build(provider), device, profile, benchmark)
+    median_ms = statistics.median(times)
+    if provider == BASELINE:
+        _BASELINE_MS[case.key] = median_ms
+    elif case.key not in _BASELINE_MS:
+        baseline = time_workload(case.build(BASELINE), device, profile)
+        _BASELINE_MS[case.key] = statistics.median(baseline)
+    gbps = case.bytes_moved / (median_ms * 1e6)
+    copy_gbps = copy_bandwidth_gbps(device, profile)
+    info = {
+        **environment(device),
+        **case.info,
+        "case": case.key,
+        "provider": provider,
+        "profile": profile.name,
+        "rounds": len(times),
+        "time_ms": median_ms,
+        "bytes_moved": case.bytes_moved,
+        "gbps": gbps,
+        "copy_gbps": copy_gbps,
+        "copy_fraction": gbps / copy_gbps,
+        "torch_ao_ms": _BASELINE_MS[case.key],
+        "speedup_vs_torch_ao": _BASELINE_MS[case.key] / median_ms,
+    }
+    benchmark.extra_info.update(info)
+    return info
+
+
+def compiled(fn: Callable[..., Any], profile: Profile) -> Callable[..., Any]:
+    """``torch.compile(fn)`` with the profile's backend (graph breaks allowed: references may
+    check a value on the host)."""
+    return torch.compile(fn, backend=profile.compile_backend)
+
+
+def nbytes(x: torch.Tensor) -> int:
+    """Bytes of a tensor's elements."""
+    return x.numel() * x.element_size()
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``float32`` -> ``fp32``, ``bfloat16`` -> ``bf16``, ``float16`` -> ``fp16``."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+        dtype, str(dtype).removeprefix("torch.")
+    )
+
+
+def shape_name(shape: Sequence[int]) -> str:
+    """``(8192, 8192)`` -> ``8192x8192``."""
+    return "x".join(str(s) for s in shape)
