@@ -40,9 +40,10 @@ STEP = 1e-5
 """torch.ao's quantile step."""
 
 # Candidates evaluated by the first error batch; later batches grow by BATCH_GROWTH. The walk
-# usually stops within a few moves, so a small first batch keeps the common case cheap.
-FIRST_BATCH = 16
-BATCH_GROWTH = 8
+# usually stops within a few moves, so a small first batch keeps the common case cheap, and
+# doubling keeps the candidates evaluated past the stopping point below the ones before it.
+FIRST_BATCH = 8
+BATCH_GROWTH = 2
 
 
 @functools.cache
@@ -129,6 +130,7 @@ def _chosen_range(
     max_val: torch.Tensor,
     dst_nbins: int,
     first_batch: int,
+    growth: int,
 ) -> tuple[int, int]:
     bins = histogram.numel()
     total = torch.sum(histogram).item()
@@ -147,7 +149,7 @@ def _chosen_range(
                 return start, end
             norm_min = norm
             start, end = next_start, next_end
-        batch *= BATCH_GROWTH
+        batch *= growth
     return start, end
 
 
@@ -172,7 +174,7 @@ def histogram_search_torch(
     histogram: torch.Tensor, min_val: torch.Tensor, max_val: torch.Tensor, dst_nbins: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch reference of :func:`histogram_search`: host walk, errors in growing batches."""
-    start, end = _chosen_range(histogram, min_val, max_val, dst_nbins, FIRST_BATCH)
+    start, end = _chosen_range(histogram, min_val, max_val, dst_nbins, FIRST_BATCH, BATCH_GROWTH)
     return range_of_bins(histogram, min_val, max_val, start, end)
 
 
