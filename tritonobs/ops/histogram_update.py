@@ -1,0 +1,104 @@
+"""``tritonobs::histogram_update``: one HistogramObserver forward step, functional.
+
+Same arithmetic as torch.ao's ``HistogramObserver.forward`` on float32 values:
+
+* first batch (``min_val == +inf`` or ``max_val == -inf``): the range becomes the batch's min/max
+  and the histogram is ``torch.histc`` of the batch over it;
+* later batches: the range becomes ``[min(min_val, batch_min), max(max_val, batch_max)]`` and the
+  batch is counted over it; if the range is unchanged the counts are added, else they are added to
+  the old histogram re-binned onto the new range (:mod:`tritonobs.ops.histogram_rebin`).
+
+Inputs are observed as float32 (float16/bfloat16 values convert exactly; float64 values round, and
+those beyond float32's range become inf). NaN and inf are skipped and counted; a batch with no finite
+value leaves the state unchanged. torch.ao drops inf with a warning, lets NaN break the state, and
+bins float16/bfloat16 inputs in their own precision, so for those the histogram can differ from
+torch.ao's by a bin here and there (it equals torch.ao fed ``x.float()``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tritonobs.ops._dispatch import register_kernels
+from tritonobs.ops.histc import bin_index, widen_degenerate
+from tritonobs.ops.histogram_rebin import histogram_rebin_torch, is_uninitialised
+
+
+def _count(x32: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
+    # torch.histc of values that all lie in [lo, hi], as float32 counts (torch.ao's dtype).
+    lo, hi = widen_degenerate(lo, hi)
+    return torch.bincount(bin_index(x32, lo, hi, bins).reshape(-1), minlength=bins).to(
+        torch.float32
+    )
+
+
+def histogram_update_torch(
+    x: torch.Tensor,
+    histogram: torch.Tensor,
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    upsample_rate: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Torch reference of :func:`histogram_update` (branches on values, on the host)."""
+    bins = histogram.numel()
+    x32 = x.to(torch.float32)
+    batch_min, batch_max = torch.aminmax(x32)
+    nonfinite = torch.zeros((), dtype=torch.int64, device=x.device)
+    # aminmax propagates NaN and returns inf when present, so finite results prove a clean batch;
+    # only a batch with a NaN or an inf pays for the masked copy.
+    if not bool(torch.isfinite(batch_min) & torch.isfinite(batch_max)):
+        finite = torch.isfinite(x32)
+        nonfinite = (~finite).sum()
+        x32 = x32[finite]
+        if x32.numel() == 0:
+            return histogram.clone(), min_val.clone(), max_val.clone(), nonfinite
+        batch_min, batch_max = torch.aminmax(x32)
+    if bool(is_uninitialised(min_val, max_val)):
+        return _count(x32, batch_min, batch_max, bins), batch_min, batch_max, nonfinite
+    new_min = torch.minimum(min_val, batch_min)
+    new_max = torch.maximum(max_val, batch_max)
+    counts = _count(x32, new_min, new_max, bins)
+    if bool((new_min == min_val) & (new_max == max_val)):
+        return histogram + counts, new_min, new_max, nonfinite
+    rebinned = histogram_rebin_torch(histogram, min_val, max_val, new_min, new_max, upsample_rate)
+    return rebinned + counts, new_min, new_max, nonfinite
+
+
+@torch.library.custom_op("tritonobs::histogram_update", mutates_args=())
+def histogram_update(
+    x: torch.Tensor,
+    histogram: torch.Tensor,
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    upsample_rate: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fold ``x``'s finite values into a running histogram over ``[min_val, max_val]``.
+
+    Args:
+        x: a floating-point tensor (float16, bfloat16, float32, float64), any shape and strides,
+            with at least one element.
+        histogram: float32 ``[bins]`` running counts.
+        min_val: 0-d float32 lower edge, ``+inf`` while uninitialised.
+        max_val: 0-d float32 upper edge, ``-inf`` while uninitialised.
+        upsample_rate: sub-bins per old bin when the range grows (HistogramObserver uses 16).
+
+    Returns:
+        ``(histogram, min_val, max_val, nonfinite)``: the new float32 histogram and range, and the
+        number of NaN/inf values skipped (0-d int64).
+    """
+    return histogram_update_torch(x, histogram, min_val, max_val, upsample_rate)
+
+
+@histogram_update.register_fake
+def _(x, histogram, min_val, max_val, upsample_rate):
+    return (
+        torch.empty_like(histogram),
+        torch.empty_like(min_val),
+        torch.empty_like(max_val),
+        x.new_empty((), dtype=torch.int64),
+    )
+
+
+register_kernels(
+    histogram_update, histogram_update_torch, "histogram_update:histogram_update_triton"
+)
