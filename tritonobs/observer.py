@@ -21,7 +21,6 @@ import torch
 import tritonobs.ops  # noqa: F401  (registers the tritonobs::* ops)
 from tritonobs._base import ObserverBase, UniformQuantizationObserverBase
 from tritonobs.histogram_observer import HistogramObserver
-from tritonobs.ops.aminmax_per_channel import normalize_axis
 from tritonobs.qparams import PER_CHANNEL_QSCHEMES, PER_TENSOR_QSCHEMES
 
 __all__ = [
@@ -270,11 +269,17 @@ class PerChannelMinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBas
         self._check_input(x_orig)
         if x_orig.numel() == 0:
             return x_orig
-        axis = normalize_axis(self.ch_axis, x_orig.dim())
+        ndim = x_orig.dim()
+        if not -ndim <= self.ch_axis < ndim:
+            raise ValueError(
+                f"{type(self).__name__}: ch_axis={self.ch_axis} is out of range for a batch with "
+                f"{ndim} dimensions (shape {tuple(x_orig.shape)})"
+            )
+        axis = self.ch_axis % ndim
         channels = x_orig.shape[axis]
         if self.min_val.numel() != 0 and self.min_val.shape[0] != channels:
             raise ValueError(
-                f"{type(self).__name__} has observed {self.min_val.shape[0]} channels on axis "
+                f"{type(self).__name__}: has observed {self.min_val.shape[0]} channels on axis "
                 f"{self.ch_axis}; this batch has {channels} (shape {tuple(x_orig.shape)})"
             )
         new_min, new_max, nonfinite = torch.ops.tritonobs.aminmax_per_channel(

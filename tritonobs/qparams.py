@@ -65,7 +65,22 @@ def validate_qmin_qmax(quant_min: int, quant_max: int) -> None:
 
 
 def min_max_valid(min_val: torch.Tensor, max_val: torch.Tensor) -> bool:
-    """Whether min/max hold data; warns (as torch.ao does) when they do not. Synchronizes."""
+    """Whether min/max hold data; warns (as torch.ao does) when they do not. Synchronizes.
+
+    Per channel, a channel still at its initial ``(+inf, -inf)`` has seen no finite value (its
+    batches held only NaN/inf, which tritonobs skips). When every channel is in that state the
+    observer has no data: the warning and ``False``, as for torch.ao's ``[0]``-shaped buffers.
+    When only some are, there is no range for them: ``AssertionError`` naming them (torch.ao
+    raises the same type for ``min > max``).
+
+    Args:
+        min_val: running minimum, 0-d, ``[C]`` or ``[0]``.
+        max_val: running maximum, same shape.
+
+    Returns:
+        ``True`` when qparams can be computed, ``False`` (after the warning) when no data was
+        observed.
+    """
     if min_val.numel() == 0 or max_val.numel() == 0:
         warnings.warn(UNINITIALISED_WARNING, stacklevel=3)
         return False
@@ -75,7 +90,18 @@ def min_max_valid(min_val: torch.Tensor, max_val: torch.Tensor) -> bool:
             return False
         if min_val > max_val:
             raise AssertionError(f"min {min_val} should be less than max {max_val}")
-    elif torch.any(min_val > max_val):
+        return True
+    unobserved = (min_val == float("inf")) & (max_val == float("-inf"))
+    if bool(unobserved.all()):
+        warnings.warn(UNINITIALISED_WARNING, stacklevel=3)
+        return False
+    if bool(unobserved.any()):
+        channels = unobserved.nonzero().flatten().tolist()
+        raise AssertionError(
+            f"channels {channels} have seen no finite value (min=+inf, max=-inf): "
+            "no range to quantize them with"
+        )
+    if torch.any(min_val > max_val):
         raise AssertionError(f"min {min_val} should be less than max {max_val}")
     return True
 
