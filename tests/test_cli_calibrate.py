@@ -197,8 +197,11 @@ def test_console_script_histogram(tiny_llama: Path, tmp_path) -> None:
         ),
     ],
 )
-def test_missing_optional_dependency(module: str, message: str, monkeypatch, capsys) -> None:
+def test_missing_optional_dependency(
+    module: str, message: str, tmp_path, monkeypatch, capsys
+) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    monkeypatch.chdir(tmp_path)
     assert main(["calibrate", "--out", "unused"]) == 1
     captured = capsys.readouterr()
     assert captured.err.startswith("tritonobs calibrate: error: ")
