@@ -16,9 +16,13 @@ import triton
 import triton.language as tl
 
 from tritonobs.kernels.quantization_error import quantization_error_triton
-from tritonobs.ops.histogram_search import BATCH_GROWTH, FIRST_BATCH, range_of_bins, search_path
+from tritonobs.ops.histogram_search import range_of_bins, search_path
 
 BLOCK = 1024
+# The first batch is small because the walk usually stops within a few moves; on a GPU a longer
+# batch costs little and each batch costs a host round-trip, so later batches grow fast.
+FIRST_BATCH = 8
+BATCH_GROWTH = 8
 
 
 @triton.jit
@@ -79,8 +83,7 @@ def histogram_search_triton(
     """Launcher of :func:`tritonobs.ops.histogram_search.histogram_search`.
 
     Host round-trips: the cumulative histogram once, then one stop flag per batch of candidates
-    (none for a batch that ends the walk). The first batch is small because the walk usually stops
-    within a few moves.
+    (none for a batch that ends the walk).
 
     Args:
         histogram: float32 ``[bins]``.

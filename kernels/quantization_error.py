@@ -54,7 +54,7 @@ def _quantization_error_kernel(
                   + rho * ([b + w - c1]^3 - [-d/2]^3) / 3            (part in bin j1)
 
     Each term is rounded in float32 in torch.ao's order (no FMA contraction: launch with
-    ``enable_fp_fusion=False``); the sum over ``i`` is a tree sum. ``err = 0`` where ``d == 0``.
+    ``enable_fp_fusion=False``); the sum over ``i`` is a tree sum. ``err = 0`` where ``max == min``.
     """
     pid = tl.program_id(0)
     offs_k = pid * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -65,6 +65,10 @@ def _quantization_error_kernel(
     hi = tl.load(max_ptr).to(tl.float64)
 
     width64 = (hi - lo) / bins
+    # An empty range (min == max) has error 0, as in torch.ao; computing it with a width of 1
+    # keeps the lanes finite.
+    empty = width64 == 0.0
+    width64 = tl.where(empty, 1.0, width64)
     dst_width64 = width64 * (end - start + 1).to(tl.float64) / dst_nbins
     last_dst = (dst_nbins - 1).to(tl.float32)
     width = width64.to(tl.float32)
@@ -92,7 +96,7 @@ def _quantization_error_kernel(
         norm = norm + density * _cube_difference(-half, src_end - end_center)
         acc += tl.where(mask_k[:, None] & mask_b[None, :], norm, 0.0)
 
-    errors = tl.where(dst_width64 == 0.0, 0.0, tl.sum(acc, axis=1))
+    errors = tl.where(empty, 0.0, tl.sum(acc, axis=1))
     tl.store(out_ptr + offs_k, errors, mask=mask_k)
 
 
