@@ -24,6 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from tritonobs._base import _TorchAOObserverBase
+
 ObserverSpec = str | Callable[[], nn.Module]
 Targets = type[nn.Module] | tuple[type[nn.Module], ...] | Callable[[str, nn.Module], bool]
 Role = Literal["input", "weight", "output"]
@@ -455,15 +457,13 @@ def _build_observer(qualified_name: str, config: dict[str, Any]) -> nn.Module:
 
 
 def _select_targets(model: nn.Module, targets: Targets) -> list[tuple[str, nn.Module]]:
-    if isinstance(targets, type) or isinstance(targets, tuple):
+    if isinstance(targets, (type, tuple)):
         types = targets if isinstance(targets, tuple) else (targets,)
 
         def selected(name: str, module: nn.Module) -> bool:
             return isinstance(module, types)
     else:
         selected = targets
-    from tritonobs._base import _TorchAOObserverBase
-
     return [
         (name, module)
         for name, module in model.named_modules()
