@@ -75,9 +75,18 @@ def counting(bins: int) -> dict[str, object]:
 
 @triton.jit
 def _widen_degenerate(lo, hi):
-    """torch.histc's range for a single point: ``[lo - 1, hi + 1]`` when ``lo == hi``."""
+    """torch.histc's range for a single point: ``[lo - 1, hi + 1]`` when ``lo == hi``.
+
+    Returns:
+        ``(lo, hi, width, middle)``: the range, ``hi - lo`` (1 where it is 0), and whether it is 0:
+        ``c +- 1`` rounds back to ``c`` for ``|c| >= 2^24``, and torch.histc then puts every value
+        in the middle bin ``NBINS // 2``.
+    """
     degenerate = lo == hi
-    return tl.where(degenerate, lo - 1.0, lo), tl.where(degenerate, hi + 1.0, hi)
+    lo = tl.where(degenerate, lo - 1.0, lo)
+    hi = tl.where(degenerate, hi + 1.0, hi)
+    middle = hi == lo
+    return lo, hi, tl.where(middle, 1.0, hi - lo), middle
 
 
 @triton.jit
@@ -143,7 +152,7 @@ def _histogram_stats_kernel(
     hi = tl.load(hi_ptr)
     if (lo == hi) | COUNT:
         initialised = (lo != float("inf")) & (hi != float("-inf"))
-        lo, hi = _widen_degenerate(lo, hi)
+        lo, hi, width, middle = _widen_degenerate(lo, hi)
         # Uninitialised: an empty range [1, 0], which counts nothing and converts no NaN to int.
         lo = tl.where(initialised, lo, 1.0)
         hi = tl.where(initialised, hi, 0.0)
@@ -161,8 +170,8 @@ def _histogram_stats_kernel(
             vmax = tl.maximum(vmax, tl.where(finite, v, float("-inf")))
             if COUNT:
                 counted = finite & (v >= lo) & (v <= hi)
-                t_bin = tl.math.div_rn((tl.where(counted, v, lo) - lo) * NBINS, hi - lo)
-                b = tl.minimum(t_bin.to(tl.int32), NBINS - 1)
+                t_bin = tl.math.div_rn((tl.where(counted, v, lo) - lo) * NBINS, width)
+                b = tl.where(middle, NBINS // 2, tl.minimum(t_bin.to(tl.int32), NBINS - 1))
                 if LOCAL:
                     acc += tl.histogram(b, ACC_BINS, mask=counted)
                 else:
@@ -221,15 +230,15 @@ def _histc_kernel(
             hi = tl.where(seen, x_hi, hi)
         active = lo <= hi
     if active:
-        lo, hi = _widen_degenerate(lo, hi)
+        lo, hi, width, middle = _widen_degenerate(lo, hi)
         acc = tl.zeros((ACC_BINS,), tl.int32)
         for t in range(tiles):
             offs = (pid * tiles + t).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
             in_bounds = offs < n
             v = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
             counted = in_bounds & (tl.abs(v) < float("inf")) & (v >= lo) & (v <= hi)
-            t_bin = tl.math.div_rn((tl.where(counted, v, lo) - lo) * NBINS, hi - lo)
-            b = tl.minimum(t_bin.to(tl.int32), NBINS - 1)
+            t_bin = tl.math.div_rn((tl.where(counted, v, lo) - lo) * NBINS, width)
+            b = tl.where(middle, NBINS // 2, tl.minimum(t_bin.to(tl.int32), NBINS - 1))
             if LOCAL:
                 acc += tl.histogram(b, ACC_BINS, mask=counted)
             else:

@@ -13,6 +13,10 @@ from tritonobs.backend import use_backend
 TOLERANCES: dict[str, dict[str, float]] = {
     # HistogramObserver after the range grew: re-binning spreads mass in another order.
     "histogram_rebinned": {"atol": 1e-3, "rtol": 1e-5},
+    # HistogramObserver after the range grew, Triton vs CPU torch.ao: sum(|ours - ao|) / sum(ao).
+    # Triton computes linspace as torch's CUDA kernel does; CPU torch rounds it in another order,
+    # so a sub-bin mid-point within an ulp of an edge can land in the neighbouring bin.
+    "histogram_rebinned_mass": {"atol": 0.0, "rtol": 1e-3},
     # HistogramObserver qparams after range growth, Triton vs torch.ao (issue 3).
     "histogram_scale": {"atol": 0.0, "rtol": 1e-3},
     "histogram_zero_point": {"atol": 1.0, "rtol": 0.0},

@@ -16,17 +16,20 @@ from tritonobs.ops._dispatch import register_kernels
 
 
 def bin_index(x32: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
-    """``torch.histc``'s bin of each value of ``x32``, for values known to lie in ``[lo, hi]``, ``lo < hi``.
+    """``torch.histc``'s bin of each value of ``x32``, for values known to lie in ``[lo, hi]``.
 
     Args:
         x32: float32 values, all in ``[lo, hi]``.
         lo: 0-d float32 lower edge.
-        hi: 0-d float32 upper edge.
+        hi: 0-d float32 upper edge (``lo == hi`` only after :func:`widen_degenerate`).
         bins: number of bins.
 
     Returns:
         int64 bins, same shape as ``x32``: ``trunc((x - lo) * bins / (hi - lo))``, ``bins - 1`` at ``hi``.
     """
+    if bool(lo == hi):
+        # c +- 1 rounded back to c (|c| >= 2^24): torch.histc puts every value in the middle bin.
+        return torch.full_like(x32, bins // 2, dtype=torch.int64)
     t = torch.sub(x32, lo)
     t.mul_(bins)
     t.div_(hi - lo)
