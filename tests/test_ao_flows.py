@@ -189,6 +189,19 @@ def test_eager_flow_matches_torch_ao(config: str) -> None:
     _assert_same_quantized_model(quantized["ours"], quantized["theirs"])
 
 
+def _with_bound_args(cls: type, **bound: Any) -> type:
+    """``cls`` with constructor arguments bound, as a subclass of the same name.
+
+    torchao's ``prepare_pt2e`` needs a class (it reads ``__name__``), not a ``with_args`` wrapper:
+    the workaround docs/ao_flows.md gives.
+    """
+
+    def __init__(self: nn.Module, **kwargs: Any) -> None:
+        cls.__init__(self, **bound, **kwargs)
+
+    return type(cls.__name__, (cls,), {"__init__": __init__})
+
+
 def _pt2e_quantizer(source: ModuleType, config: str) -> Any:
     """Annotates every conv and linear: per-tensor activations in and out, weights per config."""
     from torchao.quantization.pt2e.quantizer import (
@@ -203,9 +216,10 @@ def _pt2e_quantizer(source: ModuleType, config: str) -> Any:
         quant_min=0,
         quant_max=act_kwargs.get("quant_max", 255),
         qscheme=torch.per_tensor_affine,
-        # The class itself: torchao reads the constructor's ``__name__``, which only its own
-        # ``with_args`` wrapper provides (docs/ao_flows.md).
-        observer_or_fake_quant_ctr=getattr(source, act),
+        observer_or_fake_quant_ctr=_with_bound_args(
+            getattr(source, act),
+            **{k: v for k, v in act_kwargs.items() if k in ("averaging_constant", "bins")},
+        ),
     )
     weight_qscheme = weight_kwargs["qscheme"]
     weight_spec = QuantizationSpec(
