@@ -1,8 +1,9 @@
 """``sync_observers`` across 2 and 4 ``gloo`` ranks: the merged state is one process's on the union.
 
-One process group per world size: the ranks run every check below once (``_CHECKS``), save what
-they end up with, and the tests compare it, in this process, with torch.ao observers fed the union
-of the shards. Shards are rebuilt here from the same seeds.
+One 4-process gloo group for the module: its ranks run every check below (``_CHECKS``) first on a
+2-rank subgroup (``group=`` passed explicitly), then on all 4 (the default group), save what they
+end up with, and the tests compare it, in this process, with torch.ao observers fed the union of
+the shards. Shards are rebuilt here from the same seeds.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from torch.ao.quantization import observer as ao
 import tritonobs
 from tests.conftest import TOLERANCES
 from tritonobs.distributed import sync_observers
+
+Group = dist.ProcessGroup | None
 
 pytestmark = pytest.mark.distributed
 
@@ -109,46 +112,46 @@ def _state(observer: torch.nn.Module) -> dict[str, torch.Tensor]:
 # --- the checks each rank runs -----------------------------------------------------------------
 
 
-def _check_minmax(rank: int, world: int) -> dict[str, Any]:
+def _check_minmax(rank: int, world: int, group: Group) -> dict[str, Any]:
     observers = [
         tritonobs.MinMaxObserver(),
         tritonobs.MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
     ]
     for obs in observers:
         _feed(obs, _minmax_batches(rank, world))
-    sync_observers(observers)
+    sync_observers(observers, group)
     return {f"obs{i}": _state(o) for i, o in enumerate(observers)}
 
 
-def _check_per_channel(rank: int, world: int) -> dict[str, Any]:
+def _check_per_channel(rank: int, world: int, group: Group) -> dict[str, Any]:
     obs = _feed(tritonobs.PerChannelMinMaxObserver(ch_axis=1), _per_channel_batches(rank, world))
-    sync_observers([obs])
+    sync_observers([obs], group)
     return _state(obs)
 
 
-def _check_ema(rank: int, world: int) -> dict[str, Any]:
+def _check_ema(rank: int, world: int, group: Group) -> dict[str, Any]:
     obs = _feed(
         tritonobs.MovingAverageMinMaxObserver(averaging_constant=0.3), _ema_batches(rank, world)
     )
-    sync_observers([obs])
+    sync_observers([obs], group)
     return _state(obs)
 
 
-def _check_ema_per_channel(rank: int, world: int) -> dict[str, Any]:
+def _check_ema_per_channel(rank: int, world: int, group: Group) -> dict[str, Any]:
     obs = tritonobs.MovingAveragePerChannelMinMaxObserver(averaging_constant=0.25, ch_axis=0)
     _feed(obs, _ema_per_channel_batches(rank, world))
-    sync_observers([obs])
+    sync_observers([obs], group)
     return _state(obs)
 
 
-def _check_histogram(rank: int, world: int) -> dict[str, Any]:
+def _check_histogram(rank: int, world: int, group: Group) -> dict[str, Any]:
     out = {}
     for name, batches in (
         ("own_range", _histogram_batches(rank, world)),
         ("shared_range", _shared_range_batches(rank, world)),
     ):
         obs = _histogram_observer(batches)
-        sync_observers([obs])
+        sync_observers([obs], group)
         out[name] = _state(obs)
     return out
 
@@ -179,11 +182,11 @@ def _module_batches(rank: int, world: int) -> list[torch.Tensor]:
     return _randn("module", rank, [(4, 7), (2, 7)])
 
 
-def _check_module(rank: int, world: int) -> dict[str, Any]:
+def _check_module(rank: int, world: int, group: Group) -> dict[str, Any]:
     model = _module_model()
     with torch.no_grad():
         _feed(model, _module_batches(rank, world))
-    merged = sync_observers(model)
+    merged = sync_observers(model, group)
     return {
         "merged": [type(o).__name__ for o in merged],
         **{n: _state(getattr(model, n)) for n in ("out_obs", "weight_obs", "ema_obs")},
@@ -194,7 +197,7 @@ def _check_module(rank: int, world: int) -> dict[str, Any]:
     }
 
 
-def _check_nobody_observed(rank: int, world: int) -> dict[str, Any]:
+def _check_nobody_observed(rank: int, world: int, group: Group) -> dict[str, Any]:
     observers = {
         "minmax": tritonobs.MinMaxObserver(),
         "per_channel": tritonobs.PerChannelMinMaxObserver(),
@@ -202,7 +205,7 @@ def _check_nobody_observed(rank: int, world: int) -> dict[str, Any]:
         "ema_per_channel": tritonobs.MovingAveragePerChannelMinMaxObserver(),
         "histogram": tritonobs.HistogramObserver(bins=BINS),
     }
-    sync_observers(list(observers.values()))
+    sync_observers(list(observers.values()), group)
     return {n: _state(o) for n, o in observers.items()}
 
 
@@ -214,16 +217,16 @@ def _raised(fn: Callable[[], object]) -> str:
     return "no error"
 
 
-def _check_mismatch(rank: int, world: int) -> dict[str, Any]:
+def _check_mismatch(rank: int, world: int, group: Group) -> dict[str, Any]:
     channels = _feed(tritonobs.PerChannelMinMaxObserver(), [torch.ones(3 + rank, 2)])
     extra = [tritonobs.MinMaxObserver()] if rank == 0 else []
     return {
-        "channels": _raised(lambda: sync_observers([channels])),
-        "layout": _raised(lambda: sync_observers([tritonobs.MinMaxObserver(), *extra])),
+        "channels": _raised(lambda: sync_observers([channels], group)),
+        "layout": _raised(lambda: sync_observers([tritonobs.MinMaxObserver(), *extra], group)),
     }
 
 
-_CHECKS: dict[str, Callable[[int, int], dict[str, Any]]] = {
+_CHECKS: dict[str, Callable[[int, int, Group], dict[str, Any]]] = {
     "minmax": _check_minmax,
     "per_channel": _check_per_channel,
     "ema": _check_ema,
@@ -236,6 +239,7 @@ _CHECKS: dict[str, Callable[[int, int], dict[str, Any]]] = {
 
 
 def _worker(rank: int, world: int, out_dir: str) -> None:
+    """Run every check on ranks ``[0, 2)`` (an explicit subgroup), then on all (the default group)."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
@@ -244,22 +248,27 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         world_size=world,
         timeout=timedelta(seconds=TIMEOUT_S),
     )
-    results: dict[str, Any] = {}
+    results: dict[int, dict[str, Any]] = {}
     with tritonobs.use_backend("torch"):
-        for name, check in _CHECKS.items():
-            try:
-                results[name] = check(rank, world)
-            except Exception:  # reported by the test that reads this check
-                results[name] = {"error": traceback.format_exc()}
+        for size in WORLDS:
+            group = dist.new_group(list(range(size))) if size < world else None
+            if rank >= size:
+                continue
+            results[size] = {}
+            for name, check in _CHECKS.items():
+                try:
+                    results[size][name] = check(rank, size, group)
+                except Exception:  # reported by the test that reads this check
+                    results[size][name] = {"error": traceback.format_exc()}
     dist.destroy_process_group()
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
 
 
-@pytest.fixture(scope="module", params=WORLDS, ids=lambda w: f"world{w}")
-def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """What each rank of a ``world``-process gloo group saved after running every check."""
-    world = request.param
-    out_dir = tmp_path_factory.mktemp(f"world{world}")
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict]]:
+    """Per group size, what each of its ranks saved: one 4-process gloo group for the module."""
+    world = max(WORLDS)
+    out_dir = tmp_path_factory.mktemp("gloo")
     context = mp.start_processes(
         _worker, args=(world, str(out_dir)), nprocs=world, join=False, start_method="spawn"
     )
@@ -269,7 +278,14 @@ def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             for process in context.processes:
                 process.kill()
             pytest.fail(f"the {world} ranks did not finish within {4 * TIMEOUT_S} s")
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    saved = [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return {size: [saved[r][size] for r in range(size)] for size in WORLDS}
+
+
+@pytest.fixture(params=WORLDS, ids=lambda size: f"world{size}")
+def ranks(request: pytest.FixtureRequest, spawned: dict[int, list[dict]]) -> list[dict]:
+    """What each rank of a group of ``size`` ranks saved after running every check."""
+    return spawned[request.param]
 
 
 def _assert_same(a: Any, b: Any) -> None:

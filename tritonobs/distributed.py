@@ -68,10 +68,9 @@ def _kind(observer: ObserverBase) -> int | None:
 
 
 def _collect(module_or_observers: torch.nn.Module | Iterable[ObserverBase]) -> list[_Entry]:
+    """The observers to merge, in ``modules()`` order (or the iterable's)."""
     if isinstance(module_or_observers, torch.nn.Module):
-        candidates = [m for _, m in module_or_observers.named_modules()]
-        if isinstance(module_or_observers, ObserverBase):
-            candidates = [module_or_observers]
+        candidates = list(module_or_observers.modules())
     else:
         candidates = list(module_or_observers)
         for obs in candidates:
@@ -89,6 +88,7 @@ def _collect(module_or_observers: torch.nn.Module | Iterable[ObserverBase]) -> l
 
 
 def _device(entries: list[_Entry], group: dist.ProcessGroup | None) -> torch.device:
+    """Where the flat buffers live: the first observer's device, else the backend's."""
     if entries:
         return entries[0].observer.min_val.device  # type: ignore[union-attr]
     if "nccl" in str(dist.get_backend(group)):
@@ -96,7 +96,9 @@ def _device(entries: list[_Entry], group: dist.ProcessGroup | None) -> torch.dev
     return torch.device("cpu")
 
 
-def _agree_layout(entries: list[_Entry], device: torch.device, group: dist.ProcessGroup | None):
+def _agree_layout(
+    entries: list[_Entry], device: torch.device, group: dist.ProcessGroup | None
+) -> None:
     """Raise ``ValueError`` on every rank unless all ranks hold the same observers in order."""
     layout = repr(
         [(e.kind, getattr(e.observer, "bins", 0), str(e.observer.dtype)) for e in entries]
@@ -104,15 +106,17 @@ def _agree_layout(entries: list[_Entry], device: torch.device, group: dist.Proce
     signature = torch.tensor([len(entries), zlib.crc32(layout.encode())], dtype=torch.int64)
     both = torch.cat([signature, -signature]).to(device)
     dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
-    high, neg_low = both.tolist()[:2], both.tolist()[2:]
-    if high != [-v for v in neg_low]:
+    high_count, high_hash, neg_low_count, neg_low_hash = both.tolist()
+    if (high_count, high_hash) != (-neg_low_count, -neg_low_hash):
         raise ValueError(
             "sync_observers: the ranks hold different observers (count, kinds, bins or dtypes "
             "differ); every rank must pass the same module or observer list"
         )
 
 
-def _agree_channels(entries: list[_Entry], device: torch.device, group: dist.ProcessGroup | None):
+def _agree_channels(
+    entries: list[_Entry], device: torch.device, group: dist.ProcessGroup | None
+) -> None:
     """Set each per-channel entry's channel count ``C``: the same on every rank that observed."""
     per_channel = [e for e in entries if e.kind in (_PER_CHANNEL, _EMA_PER_CHANNEL)]
     if not per_channel:
@@ -227,6 +231,8 @@ def _reduce_sums(
     group: dist.ProcessGroup | None,
 ) -> torch.Tensor:
     """All-reduce SUM (float64) of nonfinite counts, moving-average sums and counts, histograms.
+
+    float64 holds the counts exactly (below 2**53) and rounds the sums of float32 values once.
 
     Entry ``e`` owns, from ``e.sum_at``: its nonfinite count, then for a moving average the sums of
     the initialised mins and maxes and the number of initialised ranks (``channels`` each), for a
