@@ -29,6 +29,7 @@ NAN = float("nan")
 
 # Non-default settings, so that a channel axis other than 0 and a visible averaging are exercised.
 SETTINGS = {
+    "HistogramObserver": {"bins": 32},
     "MinMaxObserver": {},
     "MovingAverageMinMaxObserver": {"averaging_constant": 0.5},
     "PerChannelMinMaxObserver": {"ch_axis": 1},
@@ -75,7 +76,7 @@ def _assert_same_as_reference(ours, reference) -> None:
 EMPTY_SHAPES = [(0,), (0, 3), (3, 0, 2)]
 
 
-@pytest.mark.parametrize("name", MIN_MAX)
+@pytest.mark.parametrize("name", [*MIN_MAX, "HistogramObserver"])
 @pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=str)
 @pytest.mark.parametrize("observed_before", [False, True])
 def test_empty_batch_is_returned_and_changes_nothing(backend, name, shape, observed_before):
@@ -148,6 +149,29 @@ def test_per_tensor_non_finite_positions_anywhere(backend, name):
         _assert_same_as_reference(ours, reference)
 
 
+def test_histogram_non_finite_values_are_skipped(backend):
+    """HistogramObserver: state equals the same observer fed only the finite values."""
+    ours, finite_only = _make(tritonobs, "HistogramObserver"), _make(tritonobs, "HistogramObserver")
+    generator = torch.Generator().manual_seed(2)
+    expected_count = 0
+    for step in range(3):
+        finite = torch.randn(4, 9, generator=generator) * (step + 1)
+        x = _with_non_finite(finite, axis=1, seed=step)
+        expected_count += int((~torch.isfinite(x)).sum())
+        finite_only(finite)
+        assert ours(x) is x
+        _assert_state_dict(
+            _snapshot(ours) | {"nonfinite_count": torch.tensor(0)}, _snapshot(finite_only)
+        )
+        assert ours.nonfinite_count.item() == expected_count
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for actual, expected in zip(
+            ours.calculate_qparams(), finite_only.calculate_qparams(), strict=True
+        ):
+            torch.testing.assert_close(actual, expected, atol=0, rtol=0)
+
+
 def test_float64_beyond_float32_counts_as_non_finite(backend):
     """Values are compared in float32 (as torch.ao does): a float64 1e300 becomes inf there."""
     ours = tritonobs.MinMaxObserver()
@@ -159,7 +183,7 @@ def test_float64_beyond_float32_counts_as_non_finite(backend):
     assert ours.nonfinite_count.item() == 2
 
 
-@pytest.mark.parametrize("name", MIN_MAX)
+@pytest.mark.parametrize("name", [*MIN_MAX, "HistogramObserver"])
 @pytest.mark.parametrize("observed_before", [False, True])
 def test_all_non_finite_batch_leaves_state_unchanged(backend, name, observed_before):
     ours = _make(tritonobs, name)
@@ -170,7 +194,7 @@ def test_all_non_finite_batch_leaves_state_unchanged(backend, name, observed_bef
     assert ours(x) is x
     after = _snapshot(ours)
     assert after.pop("nonfinite_count").item() == before.pop("nonfinite_count").item() + 24
-    if observed_before or name in PER_TENSOR:
+    if observed_before or name not in PER_CHANNEL:
         _assert_state_dict(after, before)
     else:
         # A per-channel observer cannot keep its [0] buffers without a host sync: it holds [C]

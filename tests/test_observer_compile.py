@@ -20,13 +20,14 @@ OBSERVERS = {
     "MovingAverageMinMaxObserver": {"averaging_constant": 0.25},
     "PerChannelMinMaxObserver": {"ch_axis": 1},
     "MovingAveragePerChannelMinMaxObserver": {"ch_axis": -1, "averaging_constant": 0.5},
+    "HistogramObserver": {"bins": 64},
     "FixedQParamsObserver": {"scale": 0.5, "zero_point": 3},
     "PlaceholderObserver": {},
     "NoopObserver": {},
     "ReuseInputObserver": {},
     "RecordingObserver": {},
 }
-STATEFUL = list(OBSERVERS)[:4]
+STATEFUL = list(OBSERVERS)[:5]
 COMPILE_BACKENDS = ["eager", "aot_eager", "inductor"]
 
 
@@ -74,7 +75,7 @@ def test_stateful_observer_compiles_fullgraph(backend, name, compile_backend):
 
 
 @pytest.mark.parametrize("compile_backend", COMPILE_BACKENDS)
-@pytest.mark.parametrize("name", list(OBSERVERS)[4:])
+@pytest.mark.parametrize("name", list(OBSERVERS)[5:])
 def test_pass_through_observer_compiles_fullgraph(name, compile_backend):
     _compiled_vs_eager(name, compile_backend)
 

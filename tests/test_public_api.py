@@ -143,7 +143,7 @@ def test_attributes_and_buffers_equal_torch_ao(name):
     assert "nonfinite_count" not in ours.state_dict()
 
 
-@pytest.mark.parametrize("name", MIN_MAX_CLASSES)
+@pytest.mark.parametrize("name", [*MIN_MAX_CLASSES, "HistogramObserver"])
 @pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
 def test_buffers_after_data_equal_torch_ao(name, input_dtype):
     reference, ours = _pair(name)
@@ -167,7 +167,7 @@ def test_extra_repr_equals_torch_ao(name):
     assert repr(ours).split("(", 1)[1] == repr(reference).split("(", 1)[1]
 
 
-@pytest.mark.parametrize("name", MIN_MAX_CLASSES)
+@pytest.mark.parametrize("name", [*MIN_MAX_CLASSES, "HistogramObserver"])
 def test_extra_repr_after_data_equals_torch_ao(name):
     reference, ours = _pair(name)
     x = torch.randn(3, 5)
