@@ -10,48 +10,53 @@ single point ``c``, by ``[c - 1, c + 1]``. Counts are int64, exact past 2^24 per
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from tritonobs.ops._dispatch import register_kernels
 
 
-def bin_index(x32: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
-    """``torch.histc``'s bin of each value of ``x32``, for values known to lie in ``[lo, hi]``.
+def histc_range(lo: float, hi: float) -> tuple[float, float]:
+    """``torch.histc``'s range for float32 edges: ``[lo - 1, hi + 1]`` (in float32) when ``lo == hi``."""
+    if lo == hi:
+        return float(np.float32(lo) - np.float32(1)), float(np.float32(hi) + np.float32(1))
+    return lo, hi
+
+
+def count_in_range(x32: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Tensor:
+    """``torch.histc``'s counts of float32 values that all lie in ``[lo, hi]`` (a :func:`histc_range`).
 
     Args:
-        x32: float32 values, all in ``[lo, hi]``.
-        lo: 0-d float32 lower edge.
-        hi: 0-d float32 upper edge (``lo == hi`` only after :func:`widen_degenerate`).
+        x32: float32 values, all in ``[lo, hi]``, any shape.
+        lo: lower edge, a float32 value.
+        hi: upper edge, a float32 value.
         bins: number of bins.
 
     Returns:
-        int64 bins, same shape as ``x32``: ``trunc((x - lo) * bins / (hi - lo))``, ``bins - 1`` at ``hi``.
+        int64 ``[bins]``: value ``v`` counted in bin ``trunc((v - lo) * bins / (hi - lo))`` computed
+        in float32, ``bins - 1`` at ``hi``.
     """
-    if bool(lo == hi):
+    if lo == hi:
         # c +- 1 rounded back to c (|c| >= 2^24): torch.histc puts every value in the middle bin.
-        return torch.full_like(x32, bins // 2, dtype=torch.int64)
+        counts = torch.zeros(bins, dtype=torch.int64, device=x32.device)
+        counts[bins // 2] = x32.numel()
+        return counts
     t = torch.sub(x32, lo)
     t.mul_(bins)
-    t.div_(hi - lo)
-    return t.to(torch.int64).clamp_(max=bins - 1)
-
-
-def widen_degenerate(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.histc``'s range for a single point: ``[lo - 1, hi + 1]`` when ``lo == hi``."""
-    degenerate = lo == hi
-    return torch.where(degenerate, lo - 1, lo), torch.where(degenerate, hi + 1, hi)
+    t.div_(float(np.float32(hi) - np.float32(lo)))
+    index = t.to(torch.int64).clamp_(0, bins - 1)
+    return torch.bincount(index.reshape(-1), minlength=bins)
 
 
 def histc_torch(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
     """Torch reference of :func:`histc`."""
     x32 = x.to(torch.float32).reshape(-1)
-    finite = torch.isfinite(x32)
-    if bool(lo == hi) and bool(finite.any()):
-        lo, hi = torch.aminmax(x32[finite])
-    lo, hi = widen_degenerate(lo.to(torch.float32), hi.to(torch.float32))
-    counted = finite & (x32 >= lo) & (x32 <= hi)
-    index = torch.where(counted, bin_index(torch.where(counted, x32, lo), lo, hi, bins), bins)
-    return torch.bincount(index, minlength=bins + 1)[:bins].clone()
+    x32 = x32[torch.isfinite(x32)]
+    lo_f, hi_f = float(lo), float(hi)
+    if lo_f == hi_f and x32.numel():
+        lo_f, hi_f = (v.item() for v in torch.aminmax(x32))
+    lo_f, hi_f = histc_range(lo_f, hi_f)
+    return count_in_range(x32[(x32 >= lo_f) & (x32 <= hi_f)], lo_f, hi_f, bins)
 
 
 @torch.library.custom_op("tritonobs::histc", mutates_args=())

@@ -17,19 +17,13 @@ torch.ao's by a bin here and there (it equals torch.ao fed ``x.float()``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from tritonobs.ops._dispatch import register_kernels
-from tritonobs.ops.histc import bin_index, widen_degenerate
+from tritonobs.ops.histc import count_in_range, histc_range
 from tritonobs.ops.histogram_rebin import histogram_rebin_torch, is_uninitialised
-
-
-def _count(x32: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
-    # torch.histc of values that all lie in [lo, hi], as float32 counts (torch.ao's dtype).
-    lo, hi = widen_degenerate(lo, hi)
-    return torch.bincount(bin_index(x32, lo, hi, bins).reshape(-1), minlength=bins).to(
-        torch.float32
-    )
 
 
 def histogram_update_torch(
@@ -46,7 +40,7 @@ def histogram_update_torch(
     nonfinite = torch.zeros((), dtype=torch.int64, device=x.device)
     # aminmax propagates NaN and returns inf when present, so finite results prove a clean batch;
     # only a batch with a NaN or an inf pays for the masked copy.
-    if not bool(torch.isfinite(batch_min) & torch.isfinite(batch_max)):
+    if not (math.isfinite(batch_min.item()) and math.isfinite(batch_max.item())):
         finite = torch.isfinite(x32)
         nonfinite = (~finite).sum()
         x32 = x32[finite]
@@ -54,11 +48,14 @@ def histogram_update_torch(
             return histogram.clone(), min_val.clone(), max_val.clone(), nonfinite
         batch_min, batch_max = torch.aminmax(x32)
     if bool(is_uninitialised(min_val, max_val)):
-        return _count(x32, batch_min, batch_max, bins), batch_min, batch_max, nonfinite
+        lo, hi = histc_range(batch_min.item(), batch_max.item())
+        counts = count_in_range(x32, lo, hi, bins).to(torch.float32)
+        return counts, batch_min, batch_max, nonfinite
     new_min = torch.minimum(min_val, batch_min)
     new_max = torch.maximum(max_val, batch_max)
-    counts = _count(x32, new_min, new_max, bins)
-    if bool((new_min == min_val) & (new_max == max_val)):
+    lo, hi = histc_range(new_min.item(), new_max.item())
+    counts = count_in_range(x32, lo, hi, bins)
+    if new_min.item() == min_val.item() and new_max.item() == max_val.item():
         return histogram + counts, new_min, new_max, nonfinite
     rebinned = histogram_rebin_torch(histogram, min_val, max_val, new_min, new_max, upsample_rate)
     return rebinned + counts, new_min, new_max, nonfinite
