@@ -148,6 +148,25 @@ def test_observer_forward_routes_through_the_switch(
     assert torch.equal(obs.min_val, x.amin(dim=1) if "PerChannel" in observer.__name__ else x.min())
 
 
+def test_compiled_observer_follows_the_switch_without_recompiling(monkeypatch):
+    """The switch is read when the op runs, not when it is traced."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    calls: list = []
+    _fake_launcher_module(monkeypatch, "aminmax", "aminmax_triton", calls)
+    torch._dynamo.reset()
+    counters.clear()
+    obs = tritonobs.MinMaxObserver()
+    compiled = torch.compile(obs, backend="aot_eager", fullgraph=True)
+    with use_backend("torch"):
+        compiled(torch.randn(4, 5))
+    with use_backend("triton"):
+        compiled(torch.randn(4, 5))
+    assert len(calls) == 1
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 def _attribute_chains(tree: ast.AST) -> set[str]:
     return {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
 
