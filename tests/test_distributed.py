@@ -516,3 +516,14 @@ def test_mismatched_observers_raise_on_every_rank(ranks: list[dict]) -> None:
         assert "error" not in got, f"rank {rank}:\n{got['error']}"
         assert "channels on some rank" in got["channels"], got["channels"]
         assert "different observers" in got["layout"], got["layout"]
+
+
+def test_needs_an_initialised_process_group() -> None:
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="initialised torch.distributed"):
+        sync_observers([tritonobs.MinMaxObserver()])
+
+
+def test_rejects_observers_it_cannot_merge() -> None:
+    with pytest.raises(TypeError, match="got MinMaxObserver"):
+        sync_observers([tritonobs.MinMaxObserver(), ao.MinMaxObserver()])

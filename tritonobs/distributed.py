@@ -180,9 +180,9 @@ def sync_observers(
         ValueError: the ranks hold different observers, or a per-channel observer saw different
             channel counts on two ranks (raised on every rank).
     """
+    entries = _collect(module_or_observers)
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("sync_observers needs an initialised torch.distributed process group")
-    entries = _collect(module_or_observers)
     device = _device(entries, group)
     _agree_layout(entries, device, group)
     if not entries:
