@@ -1,0 +1,318 @@
+"""CUDA checks, run by ``benchmarks/gpu_check.sh`` with the real Triton compiler.
+
+* every ``tritonobs::*`` op's compiled Triton kernel against its torch reference (on CPU copies),
+  on shapes too large for the interpreter;
+* every observer's forward under ``torch.cuda.set_sync_debug_mode("error")`` (a host sync raises),
+  with the resulting state and qparams compared with torch.ao;
+* a CUDA-graph capture of each observer's forward, replayed on new batches, against eager.
+
+Marked ``gpu`` and skipped without CUDA, and on CUDA while ``TRITON_INTERPRET`` is on (the plain
+test run interprets; ``gpu_check.sh`` turns it off). ``gpu_check.sh --dry-run`` sets
+``TRITONOBS_GPU_CHECK_DRY_RUN=1``: the same tests then run on CPU through Triton's interpreter on
+tiny shapes, without the sync-debug mode and with the graph tests deselected (both need CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+import torch.ao.quantization.observer as torch_ao_observer
+
+import tritonobs
+from tests.conftest import TOLERANCES
+from tritonobs.backend import use_backend
+from tritonobs.bench import make_input
+from tritonobs.ops.aminmax import aminmax_torch
+from tritonobs.ops.aminmax_per_channel import aminmax_per_channel_torch
+from tritonobs.ops.histc import histc_torch
+from tritonobs.ops.histogram_rebin import histogram_rebin_torch
+from tritonobs.ops.histogram_search import histogram_search_torch
+from tritonobs.ops.histogram_update import histogram_update_torch
+from tritonobs.ops.quantization_error import quantization_error_torch
+
+DRY_RUN = os.environ.get("TRITONOBS_GPU_CHECK_DRY_RUN") == "1"
+
+
+def _interpreting() -> bool:
+    # Triton's own reading of the variable.
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in {
+        "1",
+        "true",
+        "on",
+        "yes",
+        "y",
+    }
+
+
+def _device() -> torch.device | None:
+    if torch.cuda.is_available():
+        return None if _interpreting() else torch.device("cuda")
+    return torch.device("cpu") if DRY_RUN and _interpreting() else None
+
+
+DEVICE = _device()
+ON_CUDA = DEVICE is not None and DEVICE.type == "cuda"
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        DEVICE is None,
+        reason="needs CUDA with TRITON_INTERPRET off (benchmarks/gpu_check.sh runs these)",
+    ),
+]
+
+# Shapes: large enough on CUDA for many programs and ragged tiles, tiny under the interpreter.
+SHAPES = [(4096, 4096), (3, 1000, 333)] if ON_CUDA else [(3, 4, 17)]
+# bfloat16 is the awkward one for the interpreter (converted right after the load).
+DTYPES = [torch.float32, torch.bfloat16, torch.float16] if ON_CUDA else [torch.bfloat16]
+
+OBSERVERS: list[tuple[str, dict[str, Any]]] = [
+    ("MinMaxObserver", {}),
+    ("MovingAverageMinMaxObserver", {}),
+    ("PerChannelMinMaxObserver", {"ch_axis": 0}),
+    ("PerChannelMinMaxObserver", {"ch_axis": -1}),
+    ("MovingAveragePerChannelMinMaxObserver", {"ch_axis": 0}),
+    ("MovingAveragePerChannelMinMaxObserver", {"ch_axis": -1}),
+    ("HistogramObserver", {}),
+]
+
+
+def observer_id(observer: tuple[str, dict[str, Any]]) -> str:
+    name, kwargs = observer
+    return name + "".join(f"-{k}{v}" for k, v in kwargs.items())
+
+
+@pytest.fixture(autouse=True)
+def triton_kernels() -> Iterator[None]:
+    """The ops run their Triton launchers (compiled on CUDA, interpreted in the dry run)."""
+    with use_backend("triton"):
+        yield
+
+
+@contextlib.contextmanager
+def no_host_sync() -> Iterator[None]:
+    """Any host synchronization inside the block raises (CUDA only: a no-op on CPU)."""
+    if not ON_CUDA:
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def batches(shape: tuple[int, ...], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Three batches on DEVICE: LLM-like; heavy-tailed over a wider range; the first with a NaN,
+    a +inf and a -inf written into it."""
+    first = make_input("llm", shape, dtype, DEVICE, seed=1)
+    wider = make_input("student_t", shape, dtype, DEVICE, seed=2) * 300
+    poisoned = first.clone().reshape(-1)
+    poisoned[[0, poisoned.numel() // 2, -1]] = torch.tensor(
+        [float("nan"), float("inf"), float("-inf")], dtype=dtype, device=DEVICE
+    )
+    return [first, wider, poisoned.reshape(shape)]
+
+
+def assert_same_state(got: torch.nn.Module, expected: torch.nn.Module, name: str) -> None:
+    """min/max exactly; a re-binned histogram within its tolerance."""
+    for buf in ("min_val", "max_val"):
+        torch.testing.assert_close(
+            getattr(got, buf).cpu(), getattr(expected, buf).cpu(), atol=0, rtol=0
+        )
+    if name == "HistogramObserver":
+        torch.testing.assert_close(
+            got.histogram.cpu(), expected.histogram.cpu(), **TOLERANCES["histogram_rebinned"]
+        )
+
+
+def assert_same_qparams(got: torch.nn.Module, expected: torch.nn.Module, name: str) -> None:
+    scale, zero_point = got.calculate_qparams()
+    ref_scale, ref_zero_point = expected.calculate_qparams()
+    if name == "HistogramObserver":
+        torch.testing.assert_close(scale.cpu(), ref_scale.cpu(), **TOLERANCES["histogram_scale"])
+        torch.testing.assert_close(
+            zero_point.cpu(),
+            ref_zero_point.cpu(),
+            check_dtype=False,
+            **TOLERANCES["histogram_zero_point"],
+        )
+    else:
+        torch.testing.assert_close(scale.cpu(), ref_scale.cpu(), atol=0, rtol=0)
+        torch.testing.assert_close(zero_point.cpu(), ref_zero_point.cpu(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES[:2], ids=str)
+@pytest.mark.parametrize("observer", OBSERVERS, ids=observer_id)
+def test_forward_has_no_host_sync_and_matches_torch_ao(observer, dtype):
+    name, kwargs = observer
+    data = batches(SHAPES[-1], dtype)
+    if ON_CUDA:
+        # Compile the kernels on another instance first: the check is about forward, not the JIT.
+        warm = getattr(tritonobs, name)(**kwargs).to(DEVICE)
+        for x in data:
+            warm(x)
+
+    obs = getattr(tritonobs, name)(**kwargs).to(DEVICE)
+    with no_host_sync():
+        obs(data[0])
+        obs(data[1])
+    # torch.ao, on CPU, sees the same two clean batches (the second widens the range), in float32
+    # as tritonobs reads them (torch.ao would bin bfloat16 in bfloat16).
+    ao = getattr(torch_ao_observer, name)(**kwargs)
+    ao(data[0].cpu().float())
+    ao(data[1].cpu().float())
+    assert_same_state(obs, ao, name)
+    assert_same_qparams(obs, ao, name)
+
+    # torch.ao lets NaN/inf through; tritonobs skips and counts them: compare with tritonobs'
+    # torch reference on CPU fed the same three batches.
+    with no_host_sync():
+        obs(data[2])
+    with use_backend("torch"):
+        reference = getattr(tritonobs, name)(**kwargs)
+        for x in data:
+            reference(x.cpu())
+    assert_same_state(obs, reference, name)
+    assert int(obs.nonfinite_count) == 3
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="CUDA graphs need CUDA")
+@pytest.mark.parametrize("observer", OBSERVERS, ids=observer_id)
+def test_cuda_graph_replay_matches_eager(observer):
+    name, kwargs = observer
+    data = batches(SHAPES[-1], torch.bfloat16)
+    graphed = getattr(tritonobs, name)(**kwargs).to(DEVICE)
+    eager = getattr(tritonobs, name)(**kwargs).to(DEVICE)
+    static_x = data[0].clone()
+    # The first batch runs eagerly on a side stream (kernels compile, per-channel buffers take
+    # their [C] shape), as torch.cuda.graphs asks of a warm-up.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        graphed(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    eager(data[0])
+
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graphed(static_x)
+    for x in data[1:]:
+        static_x.copy_(x)
+        graph.replay()
+        eager(x)
+    torch.cuda.synchronize()
+    assert_same_state(graphed, eager, name)
+    assert int(graphed.nonfinite_count) == int(eager.nonfinite_count) == 3
+
+
+@pytest.mark.parametrize("averaging_constant", [None, 0.01])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_aminmax_kernel_matches_reference(shape, dtype, averaging_constant):
+    first, wider, poisoned = batches(shape, dtype)
+    inf = torch.tensor(float("inf"))
+    state = aminmax_torch(first.cpu(), inf, -inf, averaging_constant)[:2]
+    for x in (wider, poisoned, wider.transpose(0, -1)):
+        got = torch.ops.tritonobs.aminmax(
+            x, state[0].to(DEVICE), state[1].to(DEVICE), averaging_constant
+        )
+        expected = aminmax_torch(x.cpu(), *state, averaging_constant)
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g.cpu(), e, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("averaging_constant", [None, 0.01])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_aminmax_per_channel_kernel_matches_reference(shape, dtype, averaging_constant):
+    first, wider, poisoned = batches(shape, dtype)
+    for ch_axis in [*range(len(shape)), -1]:
+        empty = torch.empty(0)
+        state = aminmax_per_channel_torch(first.cpu(), ch_axis, empty, empty, averaging_constant)
+        for x in (wider, poisoned):
+            got = torch.ops.tritonobs.aminmax_per_channel(
+                x, ch_axis, state[0].to(DEVICE), state[1].to(DEVICE), averaging_constant
+            )
+            expected = aminmax_per_channel_torch(
+                x.cpu(), ch_axis, state[0], state[1], averaging_constant
+            )
+            for g, e in zip(got, expected, strict=True):
+                torch.testing.assert_close(g.cpu(), e, atol=0, rtol=0)
+        # A permuted (non-contiguous) view, channel axis moved.
+        x = wider.transpose(0, -1)
+        got = torch.ops.tritonobs.aminmax_per_channel(
+            x, ch_axis, empty.to(DEVICE), empty.to(DEVICE), None
+        )
+        expected = aminmax_per_channel_torch(x.cpu(), ch_axis, empty, empty, None)
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g.cpu(), e, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("bins", [256, 2048])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_histc_kernel_matches_reference(shape, dtype, bins):
+    _, wider, poisoned = batches(shape, dtype)
+    for x in (wider, poisoned):
+        finite = x.float()[torch.isfinite(x.float())]
+        full = torch.aminmax(finite)
+        narrow = (full[0] / 4, full[1] / 4)
+        for lo, hi in (full, narrow):
+            got = torch.ops.tritonobs.histc(x, lo, hi, bins)
+            expected = histc_torch(x.cpu(), lo.cpu(), hi.cpu(), bins)
+            torch.testing.assert_close(got.cpu(), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_histogram_update_and_rebin_kernels_match_reference(shape, dtype):
+    first, wider, poisoned = batches(shape, dtype)
+    bins, upsample_rate = 2048, 16
+    state = (torch.zeros(bins), torch.tensor(float("inf")), torch.tensor(float("-inf")))
+    for step, x in enumerate((first, first, wider, poisoned)):
+        got = torch.ops.tritonobs.histogram_update(x, *(s.to(DEVICE) for s in state), upsample_rate)
+        expected = histogram_update_torch(x.cpu(), *state, upsample_rate)
+        grown = step >= 2
+        hist_tol = TOLERANCES["histogram_rebinned"] if grown else {"atol": 0, "rtol": 0}
+        torch.testing.assert_close(got[0].cpu(), expected[0], **hist_tol)
+        for g, e in zip(got[1:], expected[1:], strict=True):
+            torch.testing.assert_close(g.cpu(), e, atol=0, rtol=0)
+        state = expected[:3]
+
+    histogram, lo, hi = state
+    new_lo, new_hi = lo - (hi - lo) / 3, hi + (hi - lo) / 2
+    got = torch.ops.tritonobs.histogram_rebin(
+        histogram.to(DEVICE), lo.to(DEVICE), hi.to(DEVICE), new_lo.to(DEVICE), new_hi.to(DEVICE), 16
+    )
+    expected = histogram_rebin_torch(histogram, lo, hi, new_lo, new_hi, 16)
+    torch.testing.assert_close(got.cpu(), expected, **TOLERANCES["histogram_rebinned"])
+
+
+@pytest.mark.parametrize("data", ["llm", "student_t", "relu", "normal"])
+def test_histogram_search_and_error_sweep_kernels_match_reference(data):
+    ao = torch_ao_observer.HistogramObserver()
+    for seed in range(3):
+        ao(make_input(data, SHAPES[0], torch.float32, torch.device("cpu"), seed))
+    args = (ao.histogram, ao.min_val, ao.max_val)
+    on_device = tuple(a.to(DEVICE) for a in args)
+
+    got = torch.ops.tritonobs.histogram_search(*on_device, ao.dst_nbins)
+    expected = histogram_search_torch(*args, ao.dst_nbins)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g.cpu(), e, atol=0, rtol=0)
+
+    # Candidate ranges shrinking from both ends (fewer under the interpreter).
+    start = torch.arange(0, 1000, 7 if ON_CUDA else 97)
+    end = ao.bins - 1 - start.flip(0)
+    got = torch.ops.tritonobs.quantization_error(
+        *on_device, start.to(DEVICE), end.to(DEVICE), ao.dst_nbins
+    )
+    expected = quantization_error_torch(*args, start, end, ao.dst_nbins)
+    torch.testing.assert_close(got.cpu(), expected, **TOLERANCES["quantization_error"])
