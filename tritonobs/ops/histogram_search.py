@@ -28,7 +28,7 @@ import itertools
 import math
 import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -71,11 +71,13 @@ def _float32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
-def _first_below(beta: list[float], total: float, bound: float, lo: int) -> int:
-    # First m >= lo with float32(beta[m] * total) < bound, else len(beta). Galloping, then a
+def _first_below(
+    beta: list[float], total: float, bound: float, lo: int, rounded: Callable[[float], float]
+) -> int:
+    # First m >= lo with rounded(beta[m] * total) < bound, else len(beta). Galloping, then a
     # bisection: runs of no-op steps are usually short.
     def below(m: int) -> bool:
-        return _float32(beta[m] * total) < bound
+        return rounded(beta[m] * total) < bound
 
     hi, width = lo, 1
     while hi < len(beta) and not below(hi):
@@ -84,25 +86,30 @@ def _first_below(beta: list[float], total: float, bound: float, lo: int) -> int:
     return lo + bisect_left(range(lo, hi), True, key=below)
 
 
-def search_path(cumsum: list[float], total: float) -> Iterator[tuple[int, int]]:
+def search_path(
+    cumsum: list[float], total: float, float32: bool = True
+) -> Iterator[tuple[int, int]]:
     """The candidate ranges torch.ao's search evaluates, in order, as ``(start_bin, end_bin)``.
 
     Args:
-        cumsum: the float32 cumulative histogram (``torch.cumsum`` on the histogram's device), as
-            Python floats; non-decreasing.
-        total: the float32 sum of the histogram (``torch.sum``), as a Python float.
+        cumsum: the cumulative histogram (``torch.cumsum`` on the histogram's device), as Python
+            floats; non-decreasing.
+        total: the sum of the histogram (``torch.sum``), as a Python float.
+        float32: whether the histogram is float32, where torch compares ``cSum[l]`` with the
+            threshold rounded to float32; ``False`` for float64, compared as is.
 
     Returns:
         An iterator over the real moves of the walk, up to where ``alpha >= beta``; each yields the
         range after the move. The ranges only shrink, so there are fewer than ``len(cumsum)``.
     """
     alpha, beta = quantile_steps()
+    rounded = _float32 if float32 else float
     start, end = 0, len(cumsum) - 1
     i = j = 0
     while alpha[i] < beta[j]:
-        # cSum[l] < next_alpha * total compares in float32, so the thresholds are float32 too.
-        left = min(max(bisect_left(cumsum, _float32(alpha[i + 1] * total)), start), end)
-        right = min(max(bisect_right(cumsum, _float32(beta[j + 1] * total)) - 1, start), end)
+        # cSum[l] < next_alpha * total compares in cSum's dtype, so the thresholds are rounded.
+        left = min(max(bisect_left(cumsum, rounded(alpha[i + 1] * total)), start), end)
+        right = min(max(bisect_right(cumsum, rounded(beta[j + 1] * total)) - 1, start), end)
         if left - start > end - right:
             start = left
             i += 1
@@ -116,7 +123,7 @@ def search_path(cumsum: list[float], total: float) -> Iterator[tuple[int, int]]:
             # Neither side moves (l == start, r == end): beta alone steps on, with l fixed, until
             # its threshold drops below cumsum[end], where r < end. Jump to the step before that
             # one; the loop condition then decides whether the walk gets there.
-            m = _first_below(beta, total, cumsum[end], j + 2)
+            m = _first_below(beta, total, cumsum[end], j + 2, rounded)
             if m == len(beta):
                 return
             j = m - 1
@@ -134,7 +141,9 @@ def _chosen_range(
 ) -> tuple[int, int]:
     bins = histogram.numel()
     total = torch.sum(histogram).item()
-    path = search_path(torch.cumsum(histogram, dim=0).tolist(), total)
+    path = search_path(
+        torch.cumsum(histogram, dim=0).tolist(), total, histogram.dtype == torch.float32
+    )
     start, end = 0, bins - 1
     norm_min = math.inf
     batch = first_batch
