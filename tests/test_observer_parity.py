@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 import torch.ao.quantization.observer as ao
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import tritonobs
 from tests.conftest import INPUT_DTYPES, SHAPES
@@ -292,6 +294,39 @@ def test_large_batch(backend, name):
     batches = [torch.randn(257, 513, generator=generator) * (i + 1) - i for i in range(5)]
     kwargs = {"ch_axis": -1} if name in PER_CHANNEL else {}
     run_stream(name, kwargs, batches)
+
+
+# Finite float32 values, subnormals and signed zeros included; |x| <= 2**100 keeps the moving
+# average's `x + c * (batch - x)` from overflowing.
+VALUES = st.floats(min_value=-(2.0**100), max_value=2.0**100, width=32)
+
+
+@settings(
+    max_examples=8,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+@pytest.mark.parametrize("name", CLASSES)
+def test_random_values_parity(backend, name, data):
+    """Hypothesis draws the values of a 5-batch stream (shape fixed per stream) and the config."""
+    per_channel = name in PER_CHANNEL
+    dtype = data.draw(st.sampled_from(DTYPES))
+    qscheme = data.draw(st.sampled_from(QSCHEMES["per_channel" if per_channel else "per_tensor"]))
+    rows, columns = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 6))
+    kwargs = {"dtype": dtype, "qscheme": qscheme}
+    if per_channel:
+        kwargs["ch_axis"] = data.draw(st.sampled_from([0, 1, -1]))
+    reference, error = _construct(ao, name, kwargs)
+    assert error is None
+    ours = getattr(tritonobs, name)(**kwargs)
+    for _ in range(5):
+        values = data.draw(st.lists(VALUES, min_size=rows * columns, max_size=rows * columns))
+        x = torch.tensor(values, dtype=torch.float32).reshape(rows, columns)
+        reference(x)
+        ours(x)
+        assert_same_state(ours, reference)
 
 
 def _constructor_space(name: str) -> Iterator[dict]:
