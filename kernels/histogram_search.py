@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from tritonobs.kernels.quantization_error import quantization_error_triton
-from tritonobs.ops.histogram_search import range_of_bins, search_path
+from tritonobs.ops.histogram_search import histogram_search_torch, range_of_bins, search_path
 
 BLOCK = 1024
 # The first batch is small because the walk usually stops within a few moves; on a GPU a longer
@@ -86,7 +86,7 @@ def histogram_search_triton(
     (none for a batch that ends the walk).
 
     Args:
-        histogram: float32 ``[bins]``.
+        histogram: ``[bins]``, float32 (other dtypes run the torch reference).
         min_val: 0-d float32.
         max_val: 0-d float32.
         dst_nbins: number of quantization levels.
@@ -94,6 +94,9 @@ def histogram_search_triton(
     Returns:
         ``(new_min, new_max)``, 0-d float32 on the histogram's device.
     """
+    if histogram.dtype != torch.float32:
+        # The kernels are float32; a float64 histogram (factory_kwargs) takes the torch reference.
+        return histogram_search_torch(histogram, min_val, max_val, dst_nbins)
     device = histogram.device
     bins = histogram.numel()
     summary = torch.cat([torch.cumsum(histogram, dim=0), torch.sum(histogram)[None]]).tolist()

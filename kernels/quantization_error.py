@@ -6,6 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tritonobs.ops.quantization_error import quantization_error_torch
+
 BLOCK_K = 8
 BLOCK_BINS = 256
 NUM_WARPS = 4
@@ -133,7 +135,7 @@ def quantization_error_triton(
     """Launcher of :func:`tritonobs.ops.quantization_error.quantization_error`: one launch, no sync.
 
     Args:
-        histogram: float32 ``[bins]``.
+        histogram: ``[bins]``, float32 (other dtypes run the torch reference).
         min_val: 0-d float32.
         max_val: 0-d float32.
         start_bins: int64 ``[K]``.
@@ -143,6 +145,11 @@ def quantization_error_triton(
     Returns:
         float32 ``[K]`` errors.
     """
+    if histogram.dtype != torch.float32:
+        # The kernel is float32; a float64 histogram (factory_kwargs) takes the torch reference.
+        return quantization_error_torch(
+            histogram, min_val, max_val, start_bins, end_bins, dst_nbins
+        )
     k = start_bins.numel()
     errors = torch.empty(k, dtype=torch.float32, device=histogram.device)
     if k == 0:

@@ -123,10 +123,11 @@ def test_histogram_search_torch_long_walk(case: tuple[str, int, int]) -> None:
     torch.testing.assert_close(new_max, expected_max, **EXACT)
 
 
-def test_histogram_search_torch_float64() -> None:
+@pytest.mark.interpret
+def test_histogram_search_float64(backend: str) -> None:
     # A float64 histogram (factory_kwargs dtype): torch.ao then compares thresholds in float64.
     histogram, min_val, max_val = (t.double() for t in make_histogram("student_t", 301))
-    new_min, new_max = search_ops.histogram_search_torch(histogram, min_val, max_val, 256)
+    new_min, new_max = torch.ops.tritonobs.histogram_search(histogram, min_val, max_val, 256)
     observer = TorchAOHistogramObserver(bins=301, factory_kwargs={"dtype": torch.float64})
     for name, value in (("histogram", histogram), ("min_val", min_val), ("max_val", max_val)):
         getattr(observer, name).copy_(value)
