@@ -228,6 +228,23 @@ def test_with_args_chains_and_builds_new_instances():
     )
 
 
+def test_factories_are_torch_ao_partial_wrappers_for_qconfig_comparison():
+    """torch.ao compares QConfigs through ``isinstance(..., _PartialWrapper)``: tritonobs
+    factories built separately with the same arguments compare equal, as torch.ao's do."""
+    from torch.ao.quantization.qconfig import QConfig, qconfig_equals
+
+    def qconfig(module):
+        return QConfig(
+            activation=module.MinMaxObserver.with_args(quant_min=0, quant_max=127),
+            weight=module.default_per_channel_weight_observer,
+        )
+
+    assert isinstance(tritonobs.MinMaxObserver.with_args(), ao._PartialWrapper)
+    assert qconfig_equals(qconfig(ao), qconfig(ao))
+    assert qconfig_equals(qconfig(tritonobs), qconfig(tritonobs))
+    assert not qconfig_equals(qconfig(tritonobs), qconfig(ao))
+
+
 def test_with_callable_args_evaluates_at_each_construction():
     for module in (ao, tritonobs):
         counter = iter(range(100))
@@ -335,6 +352,9 @@ def test_works_without_torch_ao_quantization():
         + textwrap.dedent("""
         assert "torch.ao.quantization" not in sys.modules
         print(tritonobs.default_observer().quant_max, tritonobs.HistogramObserver().bins)
+        eps = iter([0.5, 0.25])
+        factory = tritonobs.MinMaxObserver.with_callable_args(eps=lambda: next(eps))
+        print(factory.with_args(dtype=torch.qint8)().eps.item(), factory().eps.item())
         print(tritonobs.ObserverBase.__mro__[1].__module__)
         """)
     )
@@ -342,7 +362,8 @@ def test_works_without_torch_ao_quantization():
     lines = result.stdout.splitlines()
     assert lines[:4] == _expected_lines()
     assert lines[4] == "127 2048"
-    assert lines[5] == "tritonobs._base"
+    assert lines[5] == "0.5 0.25"
+    assert lines[6] == "tritonobs._base"
 
 
 def test_import_neither_imports_triton_nor_probes_cuda_nor_warns():

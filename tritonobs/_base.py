@@ -18,17 +18,6 @@ from tritonobs.qparams import (
     validate_qmin_qmax,
 )
 
-try:
-    from torch.ao.quantization.observer import ObserverBase as _TorchAOObserverBase
-except ImportError:  # torch.ao.quantization is deprecated upstream and may go away
-
-    class _TorchAOObserverBase(nn.Module, metaclass=ABCMeta):  # type: ignore[no-redef]
-        def __init__(self, dtype: Any, is_dynamic: bool = False) -> None:
-            super().__init__()
-            self.dtype = dtype
-            self.is_dynamic = is_dynamic
-
-
 FLOAT_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 ALLOWED_DTYPES = (
@@ -46,8 +35,21 @@ ALLOWED_DTYPES = (
 )
 
 
-class _PartialWrapper:
-    """A factory with bound keyword arguments; ``callable_args`` are called at each construction."""
+class _FallbackObserverBase(nn.Module, metaclass=ABCMeta):
+    """Stands in for torch.ao's ``ObserverBase`` when torch.ao.quantization is missing."""
+
+    def __init__(self, dtype: Any, is_dynamic: bool = False) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.is_dynamic = is_dynamic
+
+
+class _FallbackPartialWrapper:
+    """A factory with bound keyword arguments; ``callable_args`` are called at each construction.
+
+    Used only when torch.ao.quantization is missing; otherwise torch.ao's own class is used, so
+    that its QConfig comparisons (``isinstance(..., _PartialWrapper)``) see tritonobs factories.
+    """
 
     def __init__(self, p: partial) -> None:
         self.p = p
@@ -62,23 +64,33 @@ class _PartialWrapper:
     def __repr__(self) -> str:
         return repr(self.p) + repr(self.callable_args)
 
-    def with_args(self, **kwargs: Any) -> _PartialWrapper:
-        return _with_args(self, **kwargs)
+    def with_args(self, **kwargs: Any) -> _FallbackPartialWrapper:
+        return _fallback_with_args(self, **kwargs)
 
-    def with_callable_args(self, **kwargs: Any) -> _PartialWrapper:
-        result = _PartialWrapper(p=self.p)
+    def with_callable_args(self, **kwargs: Any) -> _FallbackPartialWrapper:
+        result = _FallbackPartialWrapper(p=self.p)
         result.callable_args = {**self.callable_args, **kwargs}
         return result
 
 
-def _with_args(cls_or_self: Any, **kwargs: Any) -> _PartialWrapper:
+def _fallback_with_args(cls_or_self: Any, **kwargs: Any) -> _FallbackPartialWrapper:
     """A factory of ``cls_or_self`` with ``kwargs`` bound: each call builds a new instance."""
-    return _PartialWrapper(partial(cls_or_self, **kwargs))
+    return _FallbackPartialWrapper(partial(cls_or_self, **kwargs))
 
 
-def _with_callable_args(cls_or_self: Any, **kwargs: Any) -> _PartialWrapper:
+def _fallback_with_callable_args(cls_or_self: Any, **kwargs: Any) -> _FallbackPartialWrapper:
     """A factory whose ``kwargs`` are callables evaluated at each construction."""
-    return _PartialWrapper(partial(cls_or_self)).with_callable_args(**kwargs)
+    return _FallbackPartialWrapper(partial(cls_or_self)).with_callable_args(**kwargs)
+
+
+try:
+    from torch.ao.quantization.observer import ObserverBase as _TorchAOObserverBase
+    from torch.ao.quantization.observer import _PartialWrapper, _with_args, _with_callable_args
+except ImportError:  # torch.ao.quantization is deprecated upstream and may go away
+    _TorchAOObserverBase = _FallbackObserverBase  # type: ignore[misc,assignment]
+    _PartialWrapper = _FallbackPartialWrapper  # type: ignore[misc,assignment]
+    _with_args = _fallback_with_args  # type: ignore[assignment]
+    _with_callable_args = _fallback_with_callable_args  # type: ignore[assignment]
 
 
 class ObserverBase(_TorchAOObserverBase):
