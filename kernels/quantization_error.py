@@ -10,7 +10,7 @@ from tritonobs.ops.quantization_error import quantization_error_torch
 
 BLOCK_K = 8
 BLOCK_BINS = 256
-NUM_WARPS = 4
+NUM_WARPS = 8
 
 
 @triton.jit
