@@ -287,11 +287,12 @@ def test_constant_and_zero_batches(backend, name):
     run_stream(name, kwargs, batches)
 
 
-@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("name", ["MinMaxObserver", "PerChannelMinMaxObserver"])
 def test_large_batch(backend, name):
-    """A batch big enough for several Triton programs per channel / per tensor."""
+    """A batch big enough for several Triton programs per tensor / per channel (the moving
+    averages run the same kernels)."""
     generator = torch.Generator().manual_seed(7)
-    batches = [torch.randn(257, 513, generator=generator) * (i + 1) - i for i in range(5)]
+    batches = [torch.randn(97, 333, generator=generator) * (i + 1) - i for i in range(5)]
     kwargs = {"ch_axis": -1} if name in PER_CHANNEL else {}
     run_stream(name, kwargs, batches)
 
