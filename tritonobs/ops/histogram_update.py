@@ -23,7 +23,7 @@ import torch
 
 from tritonobs.ops._dispatch import register_kernels
 from tritonobs.ops.histc import count_in_range, histc_range
-from tritonobs.ops.histogram_rebin import histogram_rebin_torch, is_uninitialised
+from tritonobs.ops.histogram_rebin import histogram_rebin_torch
 
 
 def histogram_update_torch(
@@ -35,27 +35,30 @@ def histogram_update_torch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Torch reference of :func:`histogram_update` (branches on values, on the host)."""
     bins = histogram.numel()
-    x32 = x.to(torch.float32)
-    batch_min, batch_max = torch.aminmax(x32)
+    # float16/bfloat16 convert to float32 exactly, chunk by chunk inside count_in_range; float64
+    # rounds first, so that values beyond float32's range count as inf.
+    x = x.to(torch.float32) if x.dtype == torch.float64 else x
+    batch_min, batch_max = (v.to(torch.float32) for v in torch.aminmax(x))
     nonfinite = torch.zeros((), dtype=torch.int64, device=x.device)
     # aminmax propagates NaN and returns inf when present, so finite results prove a clean batch;
     # only a batch with a NaN or an inf pays for the masked copy.
     if not (math.isfinite(batch_min.item()) and math.isfinite(batch_max.item())):
-        finite = torch.isfinite(x32)
+        finite = torch.isfinite(x)
         nonfinite = (~finite).sum()
-        x32 = x32[finite]
-        if x32.numel() == 0:
+        x = x[finite]
+        if x.numel() == 0:
             return histogram.clone(), min_val.clone(), max_val.clone(), nonfinite
-        batch_min, batch_max = torch.aminmax(x32)
-    if bool(is_uninitialised(min_val, max_val)):
+        batch_min, batch_max = (v.to(torch.float32) for v in torch.aminmax(x))
+    cur_min, cur_max = min_val.item(), max_val.item()
+    if cur_min == math.inf or cur_max == -math.inf:
         lo, hi = histc_range(batch_min.item(), batch_max.item())
-        counts = count_in_range(x32, lo, hi, bins).to(torch.float32)
+        counts = count_in_range(x, lo, hi, bins).to(torch.float32)
         return counts, batch_min, batch_max, nonfinite
     new_min = torch.minimum(min_val, batch_min)
     new_max = torch.maximum(max_val, batch_max)
     lo, hi = histc_range(new_min.item(), new_max.item())
-    counts = count_in_range(x32, lo, hi, bins)
-    if new_min.item() == min_val.item() and new_max.item() == max_val.item():
+    counts = count_in_range(x, lo, hi, bins)
+    if new_min.item() == cur_min and new_max.item() == cur_max:
         return histogram + counts, new_min, new_max, nonfinite
     rebinned = histogram_rebin_torch(histogram, min_val, max_val, new_min, new_max, upsample_rate)
     return rebinned + counts, new_min, new_max, nonfinite
