@@ -16,7 +16,7 @@ from torch.ao.quantization.observer import HistogramObserver as AOHistogramObser
 
 import tritonobs.ops  # noqa: F401  (registers the ops)
 from tests.conftest import TOLERANCES
-from tritonobs.kernels.histc import BLOCK
+from tritonobs.kernels.histc import BLOCK, _histc_kernel, _histogram_stats_kernel, counting
 
 pytestmark = pytest.mark.interpret
 
@@ -166,3 +166,43 @@ def test_histogram_update_opcheck(backend):
     state = step(batch(14, (40,)), initial_state(24))[:3]
     for x in (batch(15, (3, 11), scale=0.5), batch(16, (3, 11), scale=3.0)):
         torch.library.opcheck(torch.ops.tritonobs.histogram_update.default, (x, *state, 16))
+
+
+def test_float64_inputs_round_to_float32_and_overflow_counts_as_inf(backend):
+    x = batch(17, (5, 41), scale=3.0).double()
+    x[0, :3] = torch.tensor([1e300, -1e300, 1e-300])
+    kept = x.float()
+    observer = AOHistogramObserver(bins=50)
+    observer(kept[torch.isfinite(kept)])
+    *state, nonfinite = step(x, initial_state(50))
+    assert_state_equal(state, observer)
+    assert nonfinite.item() == 2
+
+
+@pytest.mark.parametrize("grows", [False, True])
+def test_repass_kernel_exits_unless_the_range_grew(grows):
+    # The steady state reads the input once: the re-pass kernel decides on the device to skip.
+    x = batch(18, (3, 50), scale=4.0 if grows else 1.0)
+    min_val, max_val = torch.tensor(-5.0), torch.tensor(5.0)
+    partials = torch.empty(2, 1)
+    part_nonfinite = torch.empty(1, dtype=torch.int64)
+    counts_a = torch.zeros(8, dtype=torch.int64)
+    counts_b = torch.full((8,), -7, dtype=torch.int64)
+    new_range = torch.empty(2)
+    args = (x.reshape(-1), x.numel(), min_val, max_val, partials[0], partials[1])
+    _histogram_stats_kernel[(1,)](
+        *args, part_nonfinite, counts_a, 1, COUNT=True, BLOCK=BLOCK, **counting(8)
+    )
+    _histc_kernel[(1,)](
+        *args, 1, counts_b, new_range, 1, UPDATE=True, PARTS_P2=16, BLOCK=BLOCK, **counting(8)
+    )
+    lo, hi = min(-5.0, x.min().item()), max(5.0, x.max().item())
+    assert new_range.tolist() == [lo, hi]
+    assert ((lo, hi) != (-5.0, 5.0)) == grows
+    if grows:
+        expected = torch.histc(x, 8, min=lo, max=hi).to(torch.int64) - 7
+        torch.testing.assert_close(counts_b, expected, **EXACT)
+    else:
+        assert counts_b.tolist() == [-7] * 8
+        expected = torch.histc(x, 8, min=-5.0, max=5.0).to(torch.int64)
+        torch.testing.assert_close(counts_a, expected, **EXACT)
