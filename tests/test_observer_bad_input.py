@@ -183,6 +183,22 @@ def test_float64_beyond_float32_counts_as_non_finite(backend):
     assert ours.nonfinite_count.item() == 2
 
 
+@pytest.mark.parametrize("name", ["MinMaxObserver", "PerChannelMinMaxObserver"])
+def test_float64_buffers_hold_float32_statistics(backend, name):
+    """Deliberate difference: statistics are computed in float32 whatever the buffers' dtype
+    (factory_kwargs), so float64 buffers hold what torch.ao computes from float32-rounded input."""
+    factory_kwargs = {"dtype": torch.float64}
+    ours = _make(tritonobs, name, factory_kwargs=factory_kwargs)
+    reference = _make(ao, name, factory_kwargs=factory_kwargs)
+    generator = torch.Generator().manual_seed(4)
+    for step in range(3):
+        x = torch.randn(3, 4, 5, dtype=torch.float64, generator=generator) * (step + 1)
+        ours(x)
+        reference(x.float().double())
+        _assert_same_as_reference(ours, reference)
+    assert ours.min_val.dtype == torch.float64
+
+
 @pytest.mark.parametrize("name", [*MIN_MAX, "HistogramObserver"])
 @pytest.mark.parametrize("observed_before", [False, True])
 def test_all_non_finite_batch_leaves_state_unchanged(backend, name, observed_before):

@@ -8,6 +8,11 @@ torch ops on CPU) and are copied into the buffers.
 NaN/inf policy: non-finite input values never reach min/max or a histogram. They are skipped and
 counted in the non-persistent buffer ``nonfinite_count``; a batch with no finite value leaves the
 statistics unchanged. torch.ao instead lets them through (min/max become NaN or inf).
+
+Input checks: a non-floating-point input is a ``TypeError`` naming the observer and the dtype
+(torch.ao casts integers to float); a per-channel batch whose ``ch_axis`` is out of range or whose
+channel count differs from the observed one is a ``ValueError``. Statistics are computed in
+float32 whatever the buffers' dtype. docs/observers.md lists every deliberate difference.
 """
 
 from __future__ import annotations
@@ -125,7 +130,18 @@ class MinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBase):
     _averaging_constant: float | None = None
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
-        """Fold ``x_orig``'s finite values into the running min/max; returns ``x_orig``."""
+        """Fold ``x_orig``'s finite values into the running min/max; returns ``x_orig``.
+
+        Args:
+            x_orig: floating-point tensor (float16, bfloat16, float32, float64), any shape and
+                strides; an empty one is returned with the state unchanged.
+
+        Returns:
+            ``x_orig`` itself.
+
+        Raises:
+            TypeError: ``x_orig`` is not a floating-point tensor.
+        """
         self._check_input(x_orig)
         if x_orig.numel() == 0:
             return x_orig
@@ -260,6 +276,14 @@ class PerChannelMinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBas
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
         """Fold ``x_orig``'s finite values into the per-channel min/max; returns ``x_orig``.
+
+        Args:
+            x_orig: floating-point tensor with at least one dimension, read in place as
+                ``[outer, C, inner]`` around ``ch_axis``; a 1-d batch is one value per channel.
+                An empty one is returned with the state unchanged.
+
+        Returns:
+            ``x_orig`` itself.
 
         Raises:
             TypeError: ``x_orig`` is not floating point.
