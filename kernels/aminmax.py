@@ -1,0 +1,494 @@
+"""Running min/max (or moving average) of the finite values of a strided tensor: one fused launch.
+
+``_aminmax_kernel`` serves both ``tritonobs::aminmax`` (per tensor: one "channel" of stride 0) and
+``tritonobs::aminmax_per_channel``. The input is read in place through its strides as a
+``[rows, C, K]`` view: ``C`` is the channel axis, ``K`` the reduced axis of smallest stride and the
+rows up to three more reduced axes (:func:`reduced_axes` merges what it can first; the order of the
+reduced axes does not matter to a min/max). Values are converted to float32 right after the load.
+
+Per channel ``c``, over the finite values ``v`` of ``x[..., c, ...]`` (NaN and +-inf are skipped and
+counted in ``nonfinite``)::
+
+    batch_min = min v,  batch_max = max v                       (+inf, -inf when there is none)
+    new_min   = min(running_min, batch_min)                     averaging_constant is None
+    new_min   = batch_min if running is (+inf, -inf)            averaging_constant = a
+                else running_min + a * (batch_min - running_min)   (fp32, each op rounded, no FMA)
+    new_min   = running_min where batch_min > batch_max         (no finite value: unchanged)
+
+and likewise for the max. Each program reduces a range of ``BLOCK_R x BLOCK_C x BLOCK_K`` tiles of
+one channel block. Fast path: unmasked loads, ``min`` dropping NaN and ``max`` keeping it, so a NaN
+or an infinity in the range shows in the result; only then does the program read its range again,
+masking the non-finite values and counting them (tiles at the tensor's edge always take that
+careful path). With several programs per channel block each one writes its partial min/max and
+draws a ticket (acq_rel atomic); the one that draws the last ticket reduces the partials and
+writes the new running values, so the whole update is one launch with no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+# Elements per tile (8192: 16 KiB of bf16, 32 values per thread at 8 warps).
+TILE = 8192
+NUM_WARPS = 8
+# A tile keeps at least this many elements contiguous when it narrows its innermost axis.
+MIN_CONTIGUOUS = 256
+# Channel blocks narrow until the splits per block (each writes a partial row of C values) stay
+# under this many, so that partials cost a few percent of the input at most.
+MAX_SPLITS = 32
+# Programs per SM on a GPU; the interpreter runs programs one after another, so few of them.
+PROGRAMS_PER_SM = 4
+INTERPRETER_PROGRAMS = 16
+MAX_ROW_AXES = 3
+
+_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@triton.jit
+def _tile(
+    tile,
+    cb,
+    n_kblocks,
+    R1,
+    R2,
+    R,
+    C,
+    K,
+    stride_x0,
+    stride_x1,
+    stride_x2,
+    stride_xc,
+    stride_xk,
+    ROW_AXES: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """int64 offsets of tile ``tile`` of channel block ``cb``, its mask, whether it is all inside."""
+    rb = tile // n_kblocks
+    kb = tile - rb * n_kblocks
+    r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+    if ROW_AXES == 1:
+        row = r * stride_x0
+    else:
+        # Several row axes only below 2**31 rows (the launcher sees to it): int32 divisions.
+        ri = r.to(tl.int32)
+        if ROW_AXES == 2:
+            row = (ri // R1).to(tl.int64) * stride_x0 + (ri % R1).to(tl.int64) * stride_x1
+        else:
+            row = (ri // (R1 * R2)).to(tl.int64) * stride_x0
+            row += ((ri // R2) % R1).to(tl.int64) * stride_x1 + (ri % R2).to(tl.int64) * stride_x2
+    offs = row[:, None, None] + (c * stride_xc)[None, :, None] + (k * stride_xk)[None, None, :]
+    mask = (r < R)[:, None, None] & (c < C)[None, :, None] & (k < K)[None, None, :]
+    inside = ((rb + 1) * BLOCK_R <= R) & ((cb + 1) * BLOCK_C <= C) & ((kb + 1) * BLOCK_K <= K)
+    return offs, mask, inside
+
+
+@triton.jit
+def _aminmax_kernel(
+    x_ptr,
+    running_min_ptr,
+    running_max_ptr,
+    out_min_ptr,
+    out_max_ptr,
+    partial_ptr,
+    ws_ptr,
+    R1,
+    R2,
+    R,
+    C,
+    K,
+    stride_x0,
+    stride_x1,
+    stride_x2,
+    stride_xc,
+    stride_xk,
+    n_kblocks,
+    n_tiles,
+    n_splits,
+    averaging_constant,
+    ROW_AXES: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_BLOCK: tl.constexpr,
+    MULTI_SPLIT: tl.constexpr,
+    HAS_RUNNING: tl.constexpr,
+    EMA: tl.constexpr,
+):
+    """Program ``pid`` = (channel block ``pid // n_splits``, split ``pid % n_splits``).
+
+    ``ws_ptr``: int64 ``[1 + blocks]`` of zeros: the non-finite count, then one ticket per channel
+    block. ``partial_ptr``: float32 ``[2, n_splits, C]`` (min, max) when ``MULTI_SPLIT``.
+    """
+    pid = tl.program_id(0)
+    # Scalars in int64: no int32 overflow at any size (and no overflow checks in the interpreter).
+    cb = pid.to(tl.int64) // n_splits
+    split = pid - cb * n_splits
+    tile_lo = split * n_tiles // n_splits
+    tile_hi = (split + 1) * n_tiles // n_splits
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+
+    # Pass 1, the tiles all inside the tensor: unmasked loads, min dropping NaN and max keeping
+    # it, so that a NaN or an infinity shows in (mn, mx).
+    mn = tl.full([BLOCK_R, BLOCK_C, BLOCK_K], float("inf"), tl.float32)
+    mx = tl.full([BLOCK_R, BLOCK_C, BLOCK_K], float("-inf"), tl.float32)
+    for tile in range(tile_lo, tile_hi):
+        offs, mask, inside = _tile(
+            tile,
+            cb,
+            n_kblocks,
+            R1,
+            R2,
+            R,
+            C,
+            K,
+            stride_x0,
+            stride_x1,
+            stride_x2,
+            stride_xc,
+            stride_xk,
+            ROW_AXES,
+            BLOCK_R,
+            BLOCK_C,
+            BLOCK_K,
+        )
+        if inside:
+            v = tl.load(x_ptr + offs).to(tl.float32)
+            mn = tl.minimum(mn, v)
+            mx = tl.maximum(mx, v, propagate_nan=tl.PropagateNan.ALL)
+    careful = tl.max(((mx != mx) | (mn == float("-inf")) | (mx == float("inf"))).to(tl.int32)) > 0
+    # Channels first, then one reduction over the rest (each reduction is a call, which costs in
+    # the interpreter).
+    batch_min = tl.min(tl.reshape(tl.permute(mn, (1, 0, 2)), [BLOCK_C, BLOCK_R * BLOCK_K]), axis=1)
+    batch_max = tl.max(tl.reshape(tl.permute(mx, (1, 0, 2)), [BLOCK_C, BLOCK_R * BLOCK_K]), axis=1)
+    batch_min = tl.where(careful, float("inf"), batch_min)
+    batch_max = tl.where(careful, float("-inf"), batch_max)
+
+    # Pass 2, the tiles at the edges (all of them after a non-finite value): masked loads that
+    # skip and count non-finite values, reduced tile by tile (few tiles; 3D accumulators here
+    # would double the registers of the whole kernel). Skipped when the range has no edge tile.
+    k_edge = (K % BLOCK_K != 0) & (tile_lo + n_kblocks - 1 - tile_lo % n_kblocks < tile_hi)
+    r_edge = (R % BLOCK_R != 0) & (tile_hi > n_tiles - n_kblocks)
+    c_edge = (cb + 1) * BLOCK_C > C
+    count = tl.full((), 0, tl.int64)
+    for tile in range(tile_lo, tl.where(careful | k_edge | r_edge | c_edge, tile_hi, tile_lo)):
+        offs, mask, inside = _tile(
+            tile,
+            cb,
+            n_kblocks,
+            R1,
+            R2,
+            R,
+            C,
+            K,
+            stride_x0,
+            stride_x1,
+            stride_x2,
+            stride_xc,
+            stride_xk,
+            ROW_AXES,
+            BLOCK_R,
+            BLOCK_C,
+            BLOCK_K,
+        )
+        if careful | ~inside:
+            v = tl.load(x_ptr + offs, mask=mask, other=float("nan")).to(tl.float32)
+            finite = (v - v) == 0.0  # false for NaN, +-inf and masked-out lanes
+            count += tl.sum((mask & ~finite).to(tl.int32))
+            v_min = tl.permute(tl.where(finite, v, float("inf")), (1, 0, 2))
+            v_max = tl.permute(tl.where(finite, v, float("-inf")), (1, 0, 2))
+            v_min = tl.min(tl.reshape(v_min, [BLOCK_C, BLOCK_R * BLOCK_K]), axis=1)
+            v_max = tl.max(tl.reshape(v_max, [BLOCK_C, BLOCK_R * BLOCK_K]), axis=1)
+            batch_min = tl.minimum(batch_min, v_min)
+            batch_max = tl.maximum(batch_max, v_max)
+    if count > 0:
+        tl.atomic_add(ws_ptr, count)
+
+    last = pid >= 0  # with one split per block, every program is the last of its block
+    if MULTI_SPLIT:
+        tl.store(partial_ptr + split * C + c, batch_min, mask=c_mask)
+        tl.store(partial_ptr + (n_splits + split) * C + c, batch_max, mask=c_mask)
+        # Every thread's partial stores before the release; the last ticket acquires them all.
+        tl.debug_barrier()
+        ticket = tl.atomic_add(ws_ptr + 1 + cb, 1, sem="acq_rel")
+        last = ticket == n_splits - 1
+        if last:
+            batch_min = tl.full([BLOCK_C], float("inf"), tl.float32)
+            batch_max = tl.full([BLOCK_C], float("-inf"), tl.float32)
+            for s0 in range(0, n_splits, SPLIT_BLOCK):
+                s = s0 + tl.arange(0, SPLIT_BLOCK)
+                m = (s < n_splits)[:, None] & c_mask[None, :]
+                p = partial_ptr + s[:, None] * C + c[None, :]
+                p_min = tl.load(p, mask=m, other=float("inf"), cache_modifier=".cg")
+                p_max = tl.load(p + n_splits * C, mask=m, other=float("-inf"), cache_modifier=".cg")
+                batch_min = tl.minimum(batch_min, tl.min(p_min, axis=0))
+                batch_max = tl.maximum(batch_max, tl.max(p_max, axis=0))
+    if last:
+        if HAS_RUNNING:
+            running_min = tl.load(running_min_ptr + c, mask=c_mask)
+            running_max = tl.load(running_max_ptr + c, mask=c_mask)
+        else:
+            running_min = tl.full([BLOCK_C], float("inf"), tl.float32)
+            running_max = tl.full([BLOCK_C], float("-inf"), tl.float32)
+        if EMA:
+            # fp32 on the GPU already; the interpreter passes Python floats as float64.
+            a = tl.cast(averaging_constant, tl.float32)
+            fresh = (running_min == float("inf")) & (running_max == float("-inf"))
+            new_min = tl.where(fresh, batch_min, running_min + a * (batch_min - running_min))
+            new_max = tl.where(fresh, batch_max, running_max + a * (batch_max - running_max))
+        else:
+            # torch.minimum/maximum, NaN in the running value included (batch values never are).
+            new_min = tl.where(batch_min < running_min, batch_min, running_min)
+            new_max = tl.where(batch_max > running_max, batch_max, running_max)
+        seen = batch_min <= batch_max
+        tl.store(out_min_ptr + c, tl.where(seen, new_min, running_min), mask=c_mask)
+        tl.store(out_max_ptr + c, tl.where(seen, new_max, running_max), mask=c_mask)
+
+
+def reduced_axes(
+    shape: tuple[int, ...], strides: tuple[int, ...], skip: int | None
+) -> list[tuple[int, int]]:
+    """``(size, stride)`` of the axes to reduce, largest stride first, merged where possible.
+
+    Axes of size 1 are dropped, the others sorted by stride (a min/max does not care about order)
+    and neighbours merged when the outer stride is the inner one times its size. ``skip`` is the
+    channel axis, kept out. At least one axis comes back (``(1, 1)`` for nothing to reduce).
+    """
+    axes = sorted(
+        (
+            (n, s)
+            for d, (n, s) in enumerate(zip(shape, strides, strict=True))
+            if d != skip and n != 1
+        ),
+        key=lambda axis: axis[1],
+        reverse=True,
+    )
+    merged: list[tuple[int, int]] = []
+    for size, stride in axes:
+        if merged and merged[-1][1] == stride * size:
+            merged[-1] = (merged[-1][0] * size, stride)
+        else:
+            merged.append((size, stride))
+    return merged or [(1, 1)]
+
+
+def _tile_shape(rows: int, channels: int, k: int, channel_inner: bool, programs: int):
+    """``(BLOCK_R, BLOCK_C, BLOCK_K)``: the contiguous axis first, up to ``TILE`` elements."""
+    np2 = triton.next_power_of_2
+    if channel_inner:
+        block_c = min(np2(channels), TILE)
+        while block_c > MIN_CONTIGUOUS and triton.cdiv(channels, block_c) * MAX_SPLITS < programs:
+            block_c //= 2
+        block_k = min(np2(k), TILE // block_c)
+    else:
+        block_k = min(np2(k), TILE)
+        block_c = min(np2(channels), TILE // block_k)
+        # Many short channels: wider channel blocks, so that each program has several tiles.
+        while (
+            block_k > MIN_CONTIGUOUS
+            and block_c < channels
+            and triton.cdiv(channels, block_c) > programs
+        ):
+            block_k //= 2
+            block_c *= 2
+    block_r = min(np2(rows), TILE // (block_c * block_k))
+    return block_r, block_c, block_k
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _programs(x: torch.Tensor) -> int:
+    """How many programs to aim for: a few per SM, or in the interpreter one per 4 tiles, <= 16."""
+    if x.device.type == "cuda":
+        return PROGRAMS_PER_SM * _sm_count(x.device)
+    return max(1, min(INTERPRETER_PROGRAMS, x.numel() // (4 * TILE)))
+
+
+def _plan(
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    ch_axis: int | None,
+    programs: int,
+) -> tuple[int, dict[str, int], dict[str, object]]:
+    """The launch of ``_aminmax_kernel`` over a tensor of this shape and strides.
+
+    Returns:
+        ``(grid, integer arguments by name, constexprs without HAS_RUNNING/EMA)``.
+    """
+    axes = reduced_axes(shape, strides, ch_axis)
+    (k, stride_k), rows = axes[-1], axes[:-1]
+    row_sizes = [n for n, _ in rows] + [1] * (MAX_ROW_AXES - len(rows))
+    row_strides = [s for _, s in rows] + [0] * (MAX_ROW_AXES - len(rows))
+    if ch_axis is None:
+        channels, stride_c = 1, 0
+    else:
+        channels, stride_c = shape[ch_axis], strides[ch_axis]
+    row_count = math.prod(row_sizes)
+    channel_inner = channels > 1 and stride_c < stride_k
+    block_r, block_c, block_k = _tile_shape(row_count, channels, k, channel_inner, programs)
+    n_cblocks = triton.cdiv(channels, block_c)
+    n_kblocks = triton.cdiv(k, block_k)
+    n_tiles = triton.cdiv(row_count, block_r) * n_kblocks
+    n_splits = min(n_tiles, triton.cdiv(programs, n_cblocks))
+    args = {
+        "R1": row_sizes[1],
+        "R2": row_sizes[2],
+        "R": row_count,
+        "C": channels,
+        "K": k,
+        "stride_x0": row_strides[0],
+        "stride_x1": row_strides[1],
+        "stride_x2": row_strides[2],
+        "stride_xc": stride_c,
+        "stride_xk": stride_k,
+        "n_kblocks": n_kblocks,
+        "n_tiles": n_tiles,
+        "n_splits": n_splits,
+    }
+    constexprs = {
+        "ROW_AXES": max(1, len(rows)),
+        "BLOCK_R": block_r,
+        "BLOCK_C": block_c,
+        "BLOCK_K": block_k,
+        "SPLIT_BLOCK": max(1, min(triton.next_power_of_2(n_splits), TILE // block_c)),
+        "MULTI_SPLIT": n_splits > 1,
+    }
+    return n_cblocks * n_splits, args, constexprs
+
+
+def aminmax_update(
+    x: torch.Tensor,
+    ch_axis: int | None,
+    running_min: torch.Tensor,
+    running_max: torch.Tensor,
+    averaging_constant: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch ``_aminmax_kernel`` over ``x`` (per tensor when ``ch_axis`` is None).
+
+    Args:
+        x: float32/float16/bfloat16/float64, any shape and strides, at least one element.
+        ch_axis: the channel axis in ``[0, x.dim())``, or ``None`` for one per-tensor value.
+        running_min, running_max: float32 0-d (per tensor), ``[C]``, or ``[0]`` meaning that no
+            channel has a value yet.
+        averaging_constant: ``None`` for min/max, the moving-average constant otherwise.
+
+    Returns:
+        ``(new_min, new_max, nonfinite)``: float32 of ``running_min``'s shape (``[C]`` for a
+        ``[0]`` running state) and the 0-d int64 count of skipped non-finite values.
+    """
+    if x.dtype not in _INPUT_DTYPES:
+        raise TypeError(f"aminmax: x must be float32, float16, bfloat16 or float64; got {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError("aminmax: x has no elements")
+    axes = reduced_axes(tuple(x.shape), tuple(x.stride()), ch_axis)
+    if len(axes) > MAX_ROW_AXES + 1 or (
+        len(axes) > 2 and math.prod(n for n, _ in axes[:-1]) >= 2**31
+    ):
+        # More than four reduced axes that no stride order merges, or over 2**31 rows on several
+        # axes: never seen from a real model; one contiguous copy brings it back to two axes.
+        x = x.contiguous()
+    out_shape = () if ch_axis is None else (x.shape[ch_axis],)
+    has_running = running_min.numel() != 0
+    if has_running and (running_min.shape != out_shape or running_max.shape != out_shape):
+        raise ValueError(
+            f"aminmax: running_min/running_max of shapes {tuple(running_min.shape)}/"
+            f"{tuple(running_max.shape)}, expected {out_shape}"
+        )
+    running_min = running_min.to(torch.float32).contiguous()
+    running_max = running_max.to(torch.float32).contiguous()
+
+    grid, args, constexprs = _plan(tuple(x.shape), tuple(x.stride()), ch_axis, _programs(x))
+    multi = constexprs["MULTI_SPLIT"]
+    n_cblocks = grid // args["n_splits"]
+    out_min = torch.empty(out_shape, dtype=torch.float32, device=x.device)
+    out_max = torch.empty(out_shape, dtype=torch.float32, device=x.device)
+    ws = torch.zeros(1 + (n_cblocks if multi else 0), dtype=torch.int64, device=x.device)
+    partial = (
+        torch.empty((2, args["n_splits"], args["C"]), dtype=torch.float32, device=x.device)
+        if multi
+        else out_min
+    )
+    ema = averaging_constant is not None
+    _aminmax_kernel[(grid,)](
+        x,
+        running_min,
+        running_max,
+        out_min,
+        out_max,
+        partial,
+        ws,
+        **args,
+        averaging_constant=averaging_constant if ema else 0.0,
+        **constexprs,
+        HAS_RUNNING=has_running,
+        EMA=ema,
+        num_warps=NUM_WARPS,
+        enable_fp_fusion=False,  # EMA: round after each op, as torch does
+    )
+    return out_min, out_max, ws[0]
+
+
+def aminmax_triton(
+    x: torch.Tensor,
+    running_min: torch.Tensor,
+    running_max: torch.Tensor,
+    averaging_constant: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton launcher of ``tritonobs::aminmax`` (same arguments and results)."""
+    return aminmax_update(x, None, running_min, running_max, averaging_constant)
+
+
+def _spec(
+    dtype: str,
+    shape: tuple[int, ...],
+    ch_axis: int | None,
+    strides: tuple[int, ...] | None = None,
+    **flags: bool,
+):
+    """A COMPILE_SPECS entry: the launch on an H200 (132 SMs) for a tensor of this shape/strides.
+
+    Integer arguments are typed as the runtime specialises them: 1 is a constant, multiples of 16
+    are marked as such (that is what lets the loads vectorise).
+    """
+    if strides is None:
+        strides = torch.empty(shape, device="meta").stride()
+    _, args, constexprs = _plan(shape, strides, ch_axis, PROGRAMS_PER_SM * 132)
+    signature = {name: "*fp32" for name in _aminmax_kernel.arg_names}
+    signature |= {"x_ptr": f"*{dtype}", "ws_ptr": "*i64", "averaging_constant": "fp32"}
+    for name, value in args.items():
+        if value == 1:
+            constexprs[name] = 1
+        else:
+            signature[name] = ("i64" if value >= 2**31 else "i32") + (
+                ":16" if value % 16 == 0 else ""
+            )
+    constexprs |= {"HAS_RUNNING": True, "EMA": False} | flags
+    signature |= dict.fromkeys(constexprs, "constexpr")
+    options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+    return _aminmax_kernel, signature, constexprs, options
+
+
+COMPILE_SPECS = [
+    # per tensor (one row of K after merging), each input dtype
+    *(_spec(dtype, (8192, 8192), None) for dtype in ("fp32", "fp16", "bf16", "fp64")),
+    # per channel, channel axis outermost (weights, ch_axis=0)
+    _spec("bf16", (8192, 8192), 0, EMA=True),
+    # per channel, channel axis innermost (activations, ch_axis=-1)
+    _spec("bf16", (8192, 8192), 1, EMA=True, HAS_RUNNING=False),
+    # x[::2, ::2, ::2, ::2, ::2] of a [6, 10, 14, 18, 22] tensor: three row axes
+    _spec("fp32", (3, 5, 7, 9, 11), 2, (110880, 11088, 792, 44, 2), EMA=True),
+    # over 2**31 elements: int64 sizes
+    _spec("fp16", (65536, 65536), None),
+]

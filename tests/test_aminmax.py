@@ -1,0 +1,232 @@
+"""``tritonobs::aminmax``: the Triton kernel (interpreter) against its torch reference, against plain
+``torch.aminmax`` on the finite values and against torch.ao's moving average, all exact.
+
+Tests taking the ``backend`` fixture run the op once per backend; the others call the Triton
+launcher or force the Triton backend.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tritonobs.ops  # noqa: F401  (registers the tritonobs::* ops)
+from tests.conftest import INPUT_DTYPES, SHAPES
+from tritonobs.backend import use_backend
+from tritonobs.kernels import aminmax as kernel
+from tritonobs.ops.aminmax import aminmax_torch
+
+INF = float("inf")
+NAN = float("nan")
+
+pytestmark = [
+    pytest.mark.interpret,
+    # inf - inf in the kernel's finiteness test and in EMA arithmetic that torch.where discards
+    pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+]
+
+
+def state(lo: float = INF, hi: float = -INF) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(lo), torch.tensor(hi)
+
+
+def data(shape, dtype=torch.float32, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * 3 + 0.5).to(dtype)
+
+
+def with_nonfinite(x: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """``x`` with NaN, +inf and -inf at a few positions."""
+    g = torch.Generator().manual_seed(seed)
+    flat = x.clone().reshape(-1)
+    where = torch.randperm(flat.numel(), generator=g)[: max(3, flat.numel() // 50)]
+    flat[where] = torch.tensor([NAN, INF, -INF], dtype=x.dtype).repeat(where.numel())[
+        : where.numel()
+    ]
+    return flat.reshape(x.shape)
+
+
+def plain(x, running_min, running_max, c):
+    """Plain torch on the finite values of ``x``; the update written out as torch.ao does it."""
+    x32 = x.to(torch.float32)
+    finite = x32[torch.isfinite(x32)]
+    nonfinite = torch.tensor(x.numel() - finite.numel())
+    if finite.numel() == 0:
+        return running_min, running_max, nonfinite
+    batch_min, batch_max = torch.aminmax(finite)
+    if c is None:
+        return torch.min(batch_min, running_min), torch.max(batch_max, running_max), nonfinite
+    if running_min == INF and running_max == -INF:
+        return batch_min, batch_max, nonfinite
+    new_min = running_min + c * (batch_min - running_min)
+    return new_min, running_max + c * (batch_max - running_max), nonfinite
+
+
+def assert_exact(result, expected) -> None:
+    assert len(result) == len(expected) == 3
+    for got, want in zip(result, expected, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape, (got, want)
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def check(x, running_min, running_max, c) -> None:
+    """The op (whatever backend is on) equals the reference and plain torch."""
+    result = torch.ops.tritonobs.aminmax(x, running_min, running_max, c)
+    assert_exact(result, aminmax_torch(x, running_min, running_max, c))
+    assert_exact(result, plain(x, running_min, running_max, c))
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """64-element tiles: many tiles, edge tiles and several programs per channel block."""
+    monkeypatch.setattr(kernel, "TILE", 64)
+    monkeypatch.setattr(kernel, "MIN_CONTIGUOUS", 8)
+
+
+@pytest.mark.parametrize("dtype", INPUT_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_shapes_and_dtypes(backend, shape, dtype):
+    x = data(shape, dtype)
+    check(x, *state(), None)
+    check(x, *state(-0.25, 0.75), 0.01)
+
+
+LAYOUTS = {
+    "transposed": lambda: data((33, 64)).t(),
+    "step_sliced": lambda: data((40, 50))[::3, 1::2],
+    "permuted_4d": lambda: data((2, 3, 5, 7)).permute(2, 0, 3, 1),
+    "channels_last": lambda: data((2, 3, 5, 7)).to(memory_format=torch.channels_last),
+    "expanded": lambda: data((5, 1, 7)).expand(5, 4, 7),
+    "offset": lambda: data((100,))[13:90],
+    "five_strided_axes": lambda: data((5, 6, 5, 6, 5))[::2, ::2, ::2, ::2, ::2],
+    "scalar": lambda: data(()),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_non_contiguous(backend, layout, dtype):
+    x = LAYOUTS[layout]().to(dtype)
+    check(x, *state(), None)
+    check(x, *state(1.0, 2.0), 0.5)
+
+
+@pytest.mark.parametrize("dtype", INPUT_DTYPES, ids=str)
+def test_nonfinite_values_are_skipped_and_counted(backend, dtype):
+    x = with_nonfinite(data((37, 29), dtype))
+    check(x, *state(), None)
+    check(x, *state(-1.0, 1.0), 0.1)
+    check(x.t(), *state(), 0.1)
+
+
+@pytest.mark.parametrize("c", [None, 0.1])
+@pytest.mark.parametrize("running", [(INF, -INF), (-1.5, 2.5)])
+@pytest.mark.parametrize("fill", [NAN, INF, -INF, "mixed"])
+def test_batch_without_finite_values_keeps_running(backend, fill, running, c):
+    x = (
+        with_nonfinite(torch.full((6, 9), NAN), seed=3)
+        if fill == "mixed"
+        else torch.full((9,), fill)
+    )
+    result = torch.ops.tritonobs.aminmax(x, *state(*running), c)
+    assert_exact(result, (*state(*running), torch.tensor(x.numel())))
+
+
+def test_moving_average_rounds_like_torch(backend):
+    """fp32, rounded after each op, ``c`` in fp32: about a quarter of these differ otherwise."""
+    g = torch.Generator().manual_seed(5)
+    for _ in range(12):
+        lo, hi = sorted((torch.randn(2, generator=g) * 4).tolist())
+        check(torch.randn(9, generator=g) * 3, *state(lo, hi), 0.3)
+
+
+def test_float64_input(backend):
+    x = data((17, 5)).double() * 1e20
+    x[3, 2] = 1e300  # finite in float64, inf in float32: counted like the reference does
+    check(x, *state(), None)
+
+
+def test_large_input_several_programs(backend):
+    x = with_nonfinite(data((256, 1024), torch.bfloat16))
+    check(x, *state(), None)
+    check(x[:, :1000], *state(0.0, 1.0), 0.25)
+
+
+def test_many_tiles_and_programs(small_tiles):
+    grid, _, constexprs = kernel._plan((37, 61), (61, 1), None, 16)
+    assert grid > 1 and constexprs["MULTI_SPLIT"]
+    with use_backend("triton"):
+        for x in (data((37, 61)), data((61, 37)).t(), data((37, 122), torch.float16)[:, ::2]):
+            check(x, *state(), None)
+            check(x, *state(-2.0, 2.0), 0.3)
+            # a non-finite value in some programs' ranges only: those read their range again
+            y = x.clone()
+            y[5, 7], y[30, 50] = NAN, -INF
+            check(y, *state(), 0.3)
+
+
+@pytest.mark.parametrize("poison", [NAN, -3e38, 3e38])
+def test_every_output_and_partial_is_written(small_tiles, monkeypatch, poison):
+    """Uninitialised memory is poisoned: an element the kernel forgets shows in the result."""
+    empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        return empty(*args, **kwargs).fill_(poison)
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+    with use_backend("triton"):
+        check(with_nonfinite(data((37, 61))), *state(), None)
+        check(data((37, 61), torch.bfloat16), *state(-1.0, 1.0), 0.5)
+
+
+def test_moving_average_matches_torch_ao_bit_for_bit():
+    """Several batches through the op and through torch.ao's MovingAverageMinMaxObserver."""
+    observer = torch.ao.quantization.MovingAverageMinMaxObserver(averaging_constant=0.037)
+    running = state()
+    with use_backend("triton"):
+        for seed in range(4):
+            x = data((29, 31), torch.bfloat16, seed=seed) * (seed + 1)
+            observer(x)
+            running = torch.ops.tritonobs.aminmax(x, *running, 0.037)[:2]
+    torch.testing.assert_close(running[0], observer.min_val, atol=0, rtol=0)
+    torch.testing.assert_close(running[1], observer.max_val, atol=0, rtol=0)
+
+
+def test_no_host_synchronisation(monkeypatch):
+    """Nothing in the launcher reads a tensor's value on the host."""
+
+    def sync(*_args, **_kwargs):
+        raise AssertionError("host synchronisation in the launcher")
+
+    x = with_nonfinite(data((50, 70)))
+    running = state(-1.0, 1.0)
+    with monkeypatch.context() as m:
+        for name in ("__bool__", "item", "tolist", "__int__", "__float__", "__index__"):
+            m.setattr(torch.Tensor, name, sync)
+        result = kernel.aminmax_triton(x, *running, 0.2)
+    assert_exact(result, aminmax_torch(x, *running, 0.2))
+
+
+def test_grid_follows_the_size():
+    small, large = torch.empty(7), torch.empty(1024, 1024)
+    assert kernel._programs(small) == 1
+    assert kernel._programs(large) == kernel.INTERPRETER_PROGRAMS <= 16
+    grid, args, _ = kernel._plan((1024, 1024), (1024, 1), None, kernel._programs(large))
+    assert grid == args["n_splits"] == 16
+    # an H200: a few programs per SM, a few percent of the input in partials at most
+    for ch_axis in (None, 0, 1):
+        grid, args, _ = kernel._plan((8192, 8192), (8192, 1), ch_axis, 4 * 132)
+        assert 2 * 132 <= grid <= 8 * 132
+        assert args["n_splits"] * args["C"] <= 8192 * 8192 // 100
+
+
+@pytest.mark.parametrize("c", [None, 0.01])
+def test_opcheck(backend, c):
+    x = with_nonfinite(data((5, 7)))
+    torch.library.opcheck(torch.ops.tritonobs.aminmax.default, (x, *state(), c))
+    torch.library.opcheck(torch.ops.tritonobs.aminmax.default, (x.t(), *state(-1.0, 1.0), c))
+
+
+def test_rejects_integer_input():
+    with pytest.raises(TypeError, match="float32"):
+        kernel.aminmax_triton(torch.ones(3, dtype=torch.int32), *state(), None)
