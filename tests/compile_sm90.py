@@ -15,6 +15,8 @@ the code), with the launcher's own values so that the register counts are the re
 
 * ``signature``: every argument of the kernel by name -> Triton type (``"*fp32"``, ``"*bf16"``,
   ``"*i64"``, ``"i64"``, ``"i32"``, ``"fp32"``), and ``"constexpr"`` for the constexpr arguments;
+  ``"i32:16"`` / ``"i64:16"`` marks an integer the launch passes as a multiple of 16 (the runtime
+  specialises those, which lets loads vectorise: strides, sizes), as in ``triton.tools.compile``;
 * ``constexprs``: the value of each constexpr argument;
 * options (optional): what the launcher passes besides the grid (``num_warps``, ``num_stages``,
   ``enable_fp_fusion``).
@@ -132,8 +134,9 @@ def check_module(name: str) -> int:
         attrs = {
             (fn.arg_names.index(arg),): [["tt.divisibility", 16]]
             for arg, ty in signature.items()
-            if ty.startswith("*")
+            if ty.startswith("*") or ty.endswith(":16")
         }
+        signature = {arg: ty.removesuffix(":16") for arg, ty in signature.items()}
         start = time.perf_counter()
         try:
             kernel = triton.compile(
