@@ -67,10 +67,12 @@ def counting(bins: int) -> dict[str, object]:
 
     Returns:
         ``{"NBINS", "LOCAL", "ACC_BINS"}``: ``ACC_BINS`` register counters (``bins`` rounded up to a
-        power of two), or 1 (unused) with one atomic per value.
+        power of two, at least 32), or 1 (unused) with one atomic per value.
     """
     local = bins <= LOCAL_HIST_MAX_BINS
-    return {"NBINS": bins, "LOCAL": local, "ACC_BINS": triton.next_power_of_2(bins) if local else 1}
+    # At least one register bin per lane of a warp; the extra bins never receive a value.
+    acc_bins = max(triton.next_power_of_2(bins), 32) if local else 1
+    return {"NBINS": bins, "LOCAL": local, "ACC_BINS": acc_bins}
 
 
 @triton.jit
