@@ -150,6 +150,14 @@ def histogram_rebin_triton(
     Returns:
         float32 ``[bins]``, the histogram over the new range.
     """
+    if histogram.dtype != torch.float32:
+        # The kernels keep float32 statistics; other buffer dtypes round-trip through float32.
+        scalars = (v.float() for v in (orig_min, orig_max, new_min, new_max))
+        out = histogram_rebin_triton(histogram.float(), *scalars, upsample_rate)
+        return out.to(histogram.dtype)
+    orig_min, orig_max, new_min, new_max = (
+        v.to(torch.float32) for v in (orig_min, orig_max, new_min, new_max)
+    )
     histogram = histogram.contiguous()
     bins = histogram.numel()
     acc = torch.zeros(bins, dtype=torch.float64, device=histogram.device)

@@ -106,6 +106,14 @@ def histogram_update_triton(
     Returns:
         ``(histogram, min_val, max_val, nonfinite)``, new tensors.
     """
+    state = (histogram, min_val, max_val)
+    if any(s.dtype != torch.float32 for s in state):
+        # The kernels keep float32 statistics; other buffer dtypes round-trip through float32.
+        *new_state, nonfinite = histogram_update_triton(
+            x, *(s.float() for s in state), upsample_rate
+        )
+        new_hist, new_min, new_max = (n.to(s.dtype) for n, s in zip(new_state, state, strict=True))
+        return new_hist, new_min, new_max, nonfinite
     device = x.device
     flat = flat_view(x)
     histogram = histogram.contiguous()

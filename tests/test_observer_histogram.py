@@ -208,3 +208,19 @@ def test_many_batches_keep_total_count(backend):
     torch.testing.assert_close(
         observer.histogram.sum(), torch.tensor(float(seen)), atol=0, rtol=1e-6
     )
+
+
+def test_float64_buffers(backend):
+    # factory_kwargs dtype=float64: buffers stay float64. The torch backend follows torch.ao's ops
+    # (float64 re-binning); the Triton kernels keep float32 statistics and store them as float64.
+    kwargs = {"bins": 64, "factory_kwargs": {"dtype": torch.float64}}
+    ours, theirs = HistogramObserver(**kwargs), AOHistogramObserver(**kwargs)
+    for i, x in enumerate(stream(11)[:3]):
+        ours(x)
+        theirs(x)
+        for name in ("histogram", "min_val", "max_val"):
+            assert getattr(ours, name).dtype == torch.float64
+        torch.testing.assert_close(ours.min_val, theirs.min_val, **EXACT)
+        torch.testing.assert_close(ours.max_val, theirs.max_val, **EXACT)
+        assert_histogram(ours.histogram, theirs.histogram, exact=i == 0 or backend == "torch")
+    assert_qparams(ours.calculate_qparams(), theirs.calculate_qparams(), backend)
