@@ -277,13 +277,24 @@ def test_per_channel_every_rank_and_axis(backend, name, shape, ch_axis):
     run_stream(name, {"ch_axis": ch_axis, "dtype": torch.qint8}, batches)
 
 
-@pytest.mark.parametrize("name", CLASSES)
-def test_constant_and_zero_batches(backend, name):
-    """Degenerate ranges: a constant batch (scale from eps), zeros, then one value."""
-    batches = [torch.full((3, 4), 2.5), torch.zeros(3, 4), torch.full((3, 4), -1e-30)]
-    batches.append(torch.arange(12.0).reshape(3, 4) * 1e-9)
-    batches.append(torch.full((3, 4), 3e38))
-    kwargs = {"ch_axis": 1} if name in PER_CHANNEL else {}
+def _degenerate_cases() -> Iterator:
+    for name in CLASSES:
+        kind = "per_channel" if name in PER_CHANNEL else "per_tensor"
+        for qscheme, eps in itertools.product(
+            QSCHEMES[kind], [torch.finfo(torch.float32).eps, 1e-3]
+        ):
+            yield pytest.param(name, qscheme, eps, id=f"{name}-{str(qscheme)[6:]}-{eps:.0e}")
+
+
+@pytest.mark.parametrize(("name", "qscheme", "eps"), list(_degenerate_cases()))
+def test_degenerate_ranges(backend, name, qscheme, eps):
+    """Zero and tiny ranges (scale clamped to eps, float qparams' scale replaced by 1), a
+    negative denormal-sized value, then ordinary and near-overflow ones."""
+    batches = [torch.zeros(3, 4), torch.arange(12.0).reshape(3, 4) * 1e-9]
+    batches += [torch.full((3, 4), -1e-30), torch.full((3, 4), 2.5), torch.full((3, 4), 3e38)]
+    kwargs = {"qscheme": qscheme, "eps": eps}
+    if name in PER_CHANNEL:
+        kwargs["ch_axis"] = 1
     run_stream(name, kwargs, batches)
 
 
