@@ -16,12 +16,13 @@ counted in ``nonfinite``)::
     new_min   = running_min where batch_min > batch_max         (no finite value: unchanged)
 
 and likewise for the max. Each program reduces a range of ``BLOCK_R x BLOCK_C x BLOCK_K`` tiles of
-one channel block. Fast path: unmasked loads, ``min`` dropping NaN and ``max`` keeping it, so a NaN
-or an infinity in the range shows in the result; only then does the program read its range again,
-masking the non-finite values and counting them (tiles at the tensor's edge always take that
-careful path). With several programs per channel block each one writes its partial min/max and
-draws a ticket (acq_rel atomic); the one that draws the last ticket reduces the partials and
-writes the new running values, so the whole update is one launch with no host synchronisation.
+one channel block in two passes. Pass 1 takes the tiles that lie wholly inside the tensor: unmasked
+(vectorised) loads, ``min`` dropping NaN and ``max`` keeping it, so that a NaN or an infinity shows
+in the accumulators. Pass 2 takes the edge tiles, masked, skipping and counting non-finite values;
+after a non-finite value in pass 1 it takes the whole range again instead. With several programs per
+channel block each one writes its partial min/max and draws a ticket (acq_rel atomic); the one that
+draws the last ticket reduces the partials and writes the new running values: the whole update is
+one launch, with no host synchronisation.
 """
 
 from __future__ import annotations
