@@ -57,8 +57,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def profile(request: pytest.FixtureRequest) -> Profile:
-    """The benchmark profile of this run."""
-    return _profile(request.config)
+    """The benchmark profile of this run (sets its CPU thread count)."""
+    chosen = _profile(request.config)
+    if chosen.cpu_threads is not None:
+        torch.set_num_threads(chosen.cpu_threads)
+    return chosen
 
 
 @pytest.fixture(scope="session")

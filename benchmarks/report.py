@@ -2,7 +2,7 @@
 
     python benchmarks/report.py RESULT.json [--markdown OUT.md] [--png OUT.png]
 
-The table has one row per workload and the providers side by side (median time of each, the
+The table has one row per workload and the providers side by side (time of each, the
 tritonobs speedup over torch.ao, its GB/s and fraction of the copy bandwidth measured in the same
 run), followed by the performance targets of issue 4 and whether each holds. The plot shows
 tritonobs' speedup over torch.ao and its GB/s against input size.
@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 Record = dict[str, Any]
+
+STATISTIC_TEXT = {
+    "median": "median of the timed rounds",
+    "min": "fastest of the timed rounds (a shared CPU machine: the least disturbed round)",
+}
 
 
 def load_records(path: str | Path) -> tuple[list[Record], dict[str, Any]]:
@@ -42,7 +47,7 @@ def _fmt_ms(value: float | None) -> str:
 
 
 def table_rows(records: Iterable[Record]) -> list[dict[str, Any]]:
-    """One row per workload (``case``) with each provider's median time and tritonobs' figures."""
+    """One row per workload (``case``) with each provider's time and tritonobs' figures."""
     rows: dict[str, dict[str, Any]] = {}
     for r in records:
         row = rows.setdefault(
@@ -255,9 +260,11 @@ def markdown_report(records: list[Record], meta: dict[str, Any]) -> str:
             f"### {first['device']}, {meta.get('datetime', '')[:16].replace('T', ' ')} UTC",
             "",
             f"torch {first['torch']}, triton {first['triton']}, tritonobs {first['tritonobs']}, "
-            f"profile `{first['profile']}`, measured copy bandwidth {first['copy_gbps']:.1f} GB/s "
-            f"(load average at start {first.get('loadavg', '-')}). Times are medians in ms; speedups "
-            "are over torch.ao measured in the same run.",
+            f"profile `{first['profile']}`, {first.get('cpu_threads', '-')} torch CPU thread(s), "
+            f"measured copy bandwidth {first['copy_gbps']:.1f} GB/s "
+            f"(load average at start {first.get('loadavg', '-')}). Times in ms are the "
+            f"{STATISTIC_TEXT.get(first.get('statistic', 'median'), first.get('statistic'))}; "
+            "speedups are over torch.ao measured in the same run.",
             "",
             markdown_table(records),
             "",

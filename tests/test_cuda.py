@@ -299,7 +299,7 @@ def test_histogram_update_and_rebin_kernels_match_reference(shape, dtype):
 def test_histogram_search_and_error_sweep_kernels_match_reference(data):
     ao = torch_ao_observer.HistogramObserver()
     for seed in range(3):
-        ao(make_input(data, SHAPES[0], torch.float32, torch.device("cpu"), seed))
+        ao(make_input(data, SHAPES[-1], torch.float32, torch.device("cpu"), seed))
     args = (ao.histogram, ao.min_val, ao.max_val)
     on_device = tuple(a.to(DEVICE) for a in args)
 
