@@ -279,41 +279,56 @@ def markdown_report(records: list[Record], meta: dict[str, Any]) -> str:
 def plot(records: list[Record], path: str | Path) -> None:
     """Write a PNG: tritonobs' speedup over torch.ao and its GB/s against input size.
 
-    One line per benchmark, observer/op and dtype (geometric mean over the data kinds).
+    Only the workloads whose cost grows with the input (forwards and the ops on a batch) are
+    drawn: one line per benchmark and observer/op, solid for bf16 and dashed for fp32, each point
+    the geometric mean over the data kinds.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, dict[int, list[Record]]] = {}
+    series: dict[tuple[str, str], dict[int, list[Record]]] = {}
     for r in records:
-        if r["provider"] != "tritonobs":
+        if r["provider"] != "tritonobs" or "x" not in str(r["shape"]):
             continue
-        label = f"{r['benchmark']} {r.get('observer') or r.get('op', '')} {r['dtype']}"
-        series.setdefault(label, {}).setdefault(r["numel"], []).append(r)
+        if r["benchmark"] == "calculate_qparams":
+            continue
+        label = f"{r['benchmark']} {r.get('observer') or r.get('op', '')}"
+        series.setdefault((label, r["dtype"]), {}).setdefault(r["numel"], []).append(r)
 
-    fig, (ax_speed, ax_bw) = plt.subplots(1, 2, figsize=(16, 7))
-    for label, by_size in sorted(series.items()):
-        sizes = sorted(by_size)
+    def geomean(rs: list[Record], key: str) -> float:
+        return math.exp(statistics.fmean(math.log(r[key]) for r in rs))
 
-        def geomean(key: str, size: int, by_size: dict[int, list[Record]] = by_size) -> float:
-            return math.exp(statistics.fmean(math.log(r[key]) for r in by_size[size]))
-
-        ax_speed.plot(sizes, [geomean("speedup_vs_torch_ao", s) for s in sizes], "o-", label=label)
-        ax_bw.plot(sizes, [geomean("gbps", s) for s in sizes], "o-", label=label)
     first = records[0]
+    fig, (ax_speed, ax_bw) = plt.subplots(1, 2, figsize=(16, 11))
+    labels = sorted({label for label, _ in series})
+    colors = plt.get_cmap("tab20")
+    for (label, dtype), by_size in sorted(series.items()):
+        sizes = sorted(by_size)
+        style = {
+            "color": colors(labels.index(label) % 20),
+            "linestyle": "-" if dtype == "bf16" else "--",
+            "marker": "o",
+            "label": f"{label} {dtype}",
+        }
+        ax_speed.plot(sizes, [geomean(by_size[s], "speedup_vs_torch_ao") for s in sizes], **style)
+        ax_bw.plot(sizes, [geomean(by_size[s], "gbps") for s in sizes], **style)
     ax_speed.axhline(1.0, color="black", linewidth=0.8)
-    ax_bw.axhline(first["copy_gbps"], color="black", linestyle="--", label="copy bandwidth")
+    ax_bw.axhline(first["copy_gbps"], color="black", linewidth=0.8, label="copy bandwidth")
     for ax, ylabel in ((ax_speed, "speedup over torch.ao"), (ax_bw, "GB/s")):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("elements")
+        ax.set_xlabel("input elements")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    ax_bw.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle(f"tritonobs vs torch.ao on {first['device']} (torch {first['torch']})")
-    fig.tight_layout()
+    handles, names = ax_bw.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=7)
+    fig.suptitle(
+        f"tritonobs vs torch.ao on {first['device']} (torch {first['torch']}, "
+        f"profile {first['profile']}); solid bf16, dashed fp32"
+    )
+    fig.subplots_adjust(bottom=0.3, top=0.94, wspace=0.2)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
