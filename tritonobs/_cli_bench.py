@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
             "no:cacheprovider",
             f"--bench-profile={profile}",
             f"--benchmark-json={json_path}",
+            # The table below replaces pytest-benchmark's host-timer table.
+            "--benchmark-columns=median",
+            "--benchmark-quiet",
         ]
         if args.select:
             command += ["-k", args.select]
