@@ -6,9 +6,11 @@ counted and skipped; a batch with no finite value leaves the running state as it
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from tritonobs.ops._dispatch import register_kernels
+from tritonobs.ops._dispatch import define_op
 
 
 def update_running(
@@ -26,18 +28,30 @@ def update_running(
     saw no finite value (``batch_min > batch_max``) keep the running value.
     """
     if averaging_constant is None:
-        new_min = torch.minimum(batch_min, running_min)
-        new_max = torch.maximum(batch_max, running_max)
-    else:
-        uninitialised = (running_min == float("inf")) & (running_max == float("-inf"))
-        new_min = torch.where(
-            uninitialised, batch_min, running_min + averaging_constant * (batch_min - running_min)
-        )
-        new_max = torch.where(
-            uninitialised, batch_max, running_max + averaging_constant * (batch_max - running_max)
-        )
+        # A batch without finite values has (+inf, -inf), which leaves min/max as they were.
+        return torch.minimum(batch_min, running_min), torch.maximum(batch_max, running_max)
+    uninitialised = (running_min == float("inf")) & (running_max == float("-inf"))
+    new_min = torch.where(
+        uninitialised, batch_min, running_min + averaging_constant * (batch_min - running_min)
+    )
+    new_max = torch.where(
+        uninitialised, batch_max, running_max + averaging_constant * (batch_max - running_max)
+    )
     seen = batch_min <= batch_max
     return torch.where(seen, new_min, running_min), torch.where(seen, new_max, running_max)
+
+
+def all_finite(batch_min: torch.Tensor, batch_max: torch.Tensor) -> bool:
+    """Whether every batch min and max is finite, in one host read.
+
+    ``min``/``max`` propagate NaN and return inf when present, so finite results prove a clean
+    batch. Per channel, the sum of the spans is read: it can overflow to inf on finite data, which
+    only costs the masked pass.
+    The torch path synchronizes here on CUDA; the Triton path never does.
+    """
+    if batch_min.dim() == 0:
+        return math.isfinite(float(batch_min)) and math.isfinite(float(batch_max))
+    return math.isfinite(float((batch_max - batch_min).sum()))
 
 
 def finite_float32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,9 +70,7 @@ def aminmax_torch(
     batch_min, batch_max = torch.aminmax(x)
     batch_min, batch_max = batch_min.to(torch.float32), batch_max.to(torch.float32)
     nonfinite = torch.zeros((), dtype=torch.int64, device=x.device)
-    # aminmax propagates NaN and returns inf when present, so finite results prove a clean batch
-    # and the masked pass below runs only for batches that hold a NaN or an inf.
-    if not bool(torch.isfinite(batch_min) & torch.isfinite(batch_max)):
+    if not all_finite(batch_min, batch_max):
         x32, finite = finite_float32(x)
         nonfinite = (~finite).sum()
         batch_min = torch.where(finite, x32, float("inf")).amin()
@@ -69,7 +81,6 @@ def aminmax_torch(
     return new_min, new_max, nonfinite
 
 
-@torch.library.custom_op("tritonobs::aminmax", mutates_args=())
 def aminmax(
     x: torch.Tensor,
     running_min: torch.Tensor,
@@ -90,13 +101,12 @@ def aminmax(
         ``(new_min, new_max, nonfinite)``: the new running min/max (0-d float32) and the number of
         NaN/inf values skipped (0-d int64).
     """
-    return aminmax_torch(x, running_min, running_max, averaging_constant)
+    return torch.ops.tritonobs.aminmax.default(x, running_min, running_max, averaging_constant)
 
 
-@aminmax.register_fake
-def _(x, running_min, running_max, averaging_constant):
+def _aminmax_fake(x, running_min, running_max, averaging_constant):
     scalar = x.new_empty((), dtype=torch.float32)
     return scalar, torch.empty_like(scalar), x.new_empty((), dtype=torch.int64)
 
 
-register_kernels(aminmax, aminmax_torch, "aminmax:aminmax_triton")
+define_op(aminmax, aminmax_torch, "aminmax:aminmax_triton", _aminmax_fake)

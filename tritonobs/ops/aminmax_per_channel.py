@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from tritonobs.ops._dispatch import register_kernels
-from tritonobs.ops.aminmax import finite_float32, update_running
+from tritonobs.ops._dispatch import define_op
+from tritonobs.ops.aminmax import all_finite, finite_float32, update_running
 
 
 def channel_view(x: torch.Tensor, ch_axis: int) -> torch.Tensor:
@@ -43,7 +43,7 @@ def aminmax_per_channel_torch(
         batch_min, batch_max = y.amin(dim=(0, 2)), y.amax(dim=(0, 2))
     batch_min, batch_max = batch_min.to(torch.float32), batch_max.to(torch.float32)
     nonfinite = torch.zeros((), dtype=torch.int64, device=x.device)
-    if not bool((torch.isfinite(batch_min) & torch.isfinite(batch_max)).all()):
+    if not all_finite(batch_min, batch_max):
         y32, finite = finite_float32(y)
         nonfinite = (~finite).sum()
         batch_min = torch.where(finite, y32, float("inf")).amin(dim=(0, 2))
@@ -57,7 +57,6 @@ def aminmax_per_channel_torch(
     return new_min, new_max, nonfinite
 
 
-@torch.library.custom_op("tritonobs::aminmax_per_channel", mutates_args=())
 def aminmax_per_channel(
     x: torch.Tensor,
     ch_axis: int,
@@ -81,16 +80,20 @@ def aminmax_per_channel(
         ``(new_min [C], new_max [C], nonfinite)``, float32, float32 and a 0-d int64 count of the
         NaN/inf values skipped.
     """
-    return aminmax_per_channel_torch(x, ch_axis, running_min, running_max, averaging_constant)
+    return torch.ops.tritonobs.aminmax_per_channel.default(
+        x, ch_axis, running_min, running_max, averaging_constant
+    )
 
 
-@aminmax_per_channel.register_fake
-def _(x, ch_axis, running_min, running_max, averaging_constant):
+def _aminmax_per_channel_fake(x, ch_axis, running_min, running_max, averaging_constant):
     channels = x.shape[normalize_axis(ch_axis, x.dim())]
     vec = x.new_empty((channels,), dtype=torch.float32)
     return vec, torch.empty_like(vec), x.new_empty((), dtype=torch.int64)
 
 
-register_kernels(
-    aminmax_per_channel, aminmax_per_channel_torch, "aminmax_per_channel:aminmax_per_channel_triton"
+define_op(
+    aminmax_per_channel,
+    aminmax_per_channel_torch,
+    "aminmax_per_channel:aminmax_per_channel_triton",
+    _aminmax_per_channel_fake,
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tritonobs.ops._dispatch import register_kernels
+from tritonobs.ops._dispatch import define_op
 
 CHUNK = 1 << 18
 """Values per chunk of the torch reference's binning (1 MiB of float32)."""
@@ -70,7 +70,6 @@ def histc_torch(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) 
     return count_in_range(x32[(x32 >= lo_f) & (x32 <= hi_f)], lo_f, hi_f, bins)
 
 
-@torch.library.custom_op("tritonobs::histc", mutates_args=())
 def histc(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
     """Integer histogram of ``x``'s finite values over ``[lo, hi]``, binned as ``torch.histc``.
 
@@ -84,12 +83,11 @@ def histc(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> tor
     Returns:
         int64 ``[bins]`` counts.
     """
-    return histc_torch(x, lo, hi, bins)
+    return torch.ops.tritonobs.histc.default(x, lo, hi, bins)
 
 
-@histc.register_fake
-def _(x, lo, hi, bins):
+def _histc_fake(x, lo, hi, bins):
     return x.new_empty((bins,), dtype=torch.int64)
 
 
-register_kernels(histc, histc_torch, "histc:histc_triton")
+define_op(histc, histc_torch, "histc:histc_triton", _histc_fake)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from tritonobs.ops._dispatch import register_kernels
+from tritonobs.ops._dispatch import define_op
 
 
 def is_uninitialised(min_val: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,6 @@ def histogram_rebin_torch(
     return upscale_histogram_torch(histogram, orig_min, orig_max, new_min, new_max, upsample_rate)
 
 
-@torch.library.custom_op("tritonobs::histogram_rebin", mutates_args=())
 def histogram_rebin(
     histogram: torch.Tensor,
     orig_min: torch.Tensor,
@@ -92,12 +91,18 @@ def histogram_rebin(
     Returns:
         float32 ``[bins]``: the old mass in the new bins (the same total up to float32 rounding).
     """
-    return histogram_rebin_torch(histogram, orig_min, orig_max, new_min, new_max, upsample_rate)
+    return torch.ops.tritonobs.histogram_rebin.default(
+        histogram, orig_min, orig_max, new_min, new_max, upsample_rate
+    )
 
 
-@histogram_rebin.register_fake
-def _(histogram, orig_min, orig_max, new_min, new_max, upsample_rate):
+def _histogram_rebin_fake(histogram, orig_min, orig_max, new_min, new_max, upsample_rate):
     return torch.empty_like(histogram)
 
 
-register_kernels(histogram_rebin, histogram_rebin_torch, "histogram_rebin:histogram_rebin_triton")
+define_op(
+    histogram_rebin,
+    histogram_rebin_torch,
+    "histogram_rebin:histogram_rebin_triton",
+    _histogram_rebin_fake,
+)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from tritonobs.ops._dispatch import register_kernels
+from tritonobs.ops._dispatch import define_op
 from tritonobs.ops.quantization_error import quantization_error_torch
 
 STEP = 1e-5
@@ -187,7 +187,6 @@ def histogram_search_torch(
     return range_of_bins(histogram, min_val, max_val, start, end)
 
 
-@torch.library.custom_op("tritonobs::histogram_search", mutates_args=())
 def histogram_search(
     histogram: torch.Tensor, min_val: torch.Tensor, max_val: torch.Tensor, dst_nbins: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,14 +204,16 @@ def histogram_search(
         ``(new_min, new_max)``, 0-d float32: ``min_val + bin_width * start_bin`` and
         ``min_val + bin_width * (end_bin + 1)`` for the chosen bins.
     """
-    return histogram_search_torch(histogram, min_val, max_val, dst_nbins)
+    return torch.ops.tritonobs.histogram_search.default(histogram, min_val, max_val, dst_nbins)
 
 
-@histogram_search.register_fake
-def _(histogram, min_val, max_val, dst_nbins):
+def _histogram_search_fake(histogram, min_val, max_val, dst_nbins):
     return torch.empty_like(min_val), torch.empty_like(max_val)
 
 
-register_kernels(
-    histogram_search, histogram_search_torch, "histogram_search:histogram_search_triton"
+define_op(
+    histogram_search,
+    histogram_search_torch,
+    "histogram_search:histogram_search_triton",
+    _histogram_search_fake,
 )

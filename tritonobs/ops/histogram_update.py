@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from tritonobs.ops._dispatch import register_kernels
+from tritonobs.ops._dispatch import define_op
 from tritonobs.ops.histc import count_in_range, histc_range
 from tritonobs.ops.histogram_rebin import histogram_rebin_torch
 
@@ -64,7 +64,6 @@ def histogram_update_torch(
     return rebinned + counts, new_min, new_max, nonfinite
 
 
-@torch.library.custom_op("tritonobs::histogram_update", mutates_args=())
 def histogram_update(
     x: torch.Tensor,
     histogram: torch.Tensor,
@@ -86,11 +85,12 @@ def histogram_update(
         ``(histogram, min_val, max_val, nonfinite)``: the new float32 histogram and range, and the
         number of NaN/inf values skipped (0-d int64).
     """
-    return histogram_update_torch(x, histogram, min_val, max_val, upsample_rate)
+    return torch.ops.tritonobs.histogram_update.default(
+        x, histogram, min_val, max_val, upsample_rate
+    )
 
 
-@histogram_update.register_fake
-def _(x, histogram, min_val, max_val, upsample_rate):
+def _histogram_update_fake(x, histogram, min_val, max_val, upsample_rate):
     return (
         torch.empty_like(histogram),
         torch.empty_like(min_val),
@@ -99,6 +99,9 @@ def _(x, histogram, min_val, max_val, upsample_rate):
     )
 
 
-register_kernels(
-    histogram_update, histogram_update_torch, "histogram_update:histogram_update_triton"
+define_op(
+    histogram_update,
+    histogram_update_torch,
+    "histogram_update:histogram_update_triton",
+    _histogram_update_fake,
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from tritonobs.ops._dispatch import register_kernels
+from tritonobs.ops._dispatch import define_op
 
 
 def range_widths(
@@ -95,7 +95,6 @@ def quantization_error_torch(
     return torch.cat(errors) if errors else histogram.new_empty(0)
 
 
-@torch.library.custom_op("tritonobs::quantization_error", mutates_args=())
 def quantization_error(
     histogram: torch.Tensor,
     min_val: torch.Tensor,
@@ -117,14 +116,18 @@ def quantization_error(
     Returns:
         float32 ``[K]``: the error of each candidate, 0 where ``min_val == max_val``.
     """
-    return quantization_error_torch(histogram, min_val, max_val, start_bins, end_bins, dst_nbins)
+    return torch.ops.tritonobs.quantization_error.default(
+        histogram, min_val, max_val, start_bins, end_bins, dst_nbins
+    )
 
 
-@quantization_error.register_fake
-def _(histogram, min_val, max_val, start_bins, end_bins, dst_nbins):
+def _quantization_error_fake(histogram, min_val, max_val, start_bins, end_bins, dst_nbins):
     return histogram.new_empty(start_bins.shape, dtype=torch.float32)
 
 
-register_kernels(
-    quantization_error, quantization_error_torch, "quantization_error:quantization_error_triton"
+define_op(
+    quantization_error,
+    quantization_error_torch,
+    "quantization_error:quantization_error_triton",
+    _quantization_error_fake,
 )
