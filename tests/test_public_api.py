@@ -101,9 +101,10 @@ def test_missing_names_are_only_the_affine_ones():
     assert set(missing) == AFFINE_NAMES
 
 
-def test_all_lists_torch_ao_names_and_the_backend_switch():
+def test_all_lists_torch_ao_names_the_backend_switch_and_calibrate():
     expected = {n for n in ao.__all__ if n not in AFFINE_NAMES}
     expected |= {"get_backend", "set_backend", "use_backend", "__version__"}
+    expected |= {"calibrate", "CalibrationResult", "CalibrationError"}
     assert set(tritonobs.__all__) == expected
     assert all(hasattr(tritonobs, n) for n in tritonobs.__all__)
 

@@ -4,6 +4,10 @@ A drop-in for ``torch.ao.quantization.observer``: change the import, keep the nu
 """
 
 from tritonobs.backend import get_backend, set_backend, use_backend
+
+# ``tritonobs.calibrate`` is the function; import the module's other names with
+# ``from tritonobs.calibrate import ...``.
+from tritonobs.calibrate import CalibrationError, CalibrationResult, calibrate
 from tritonobs.observer import (
     FixedQParamsObserver,
     HistogramObserver,
@@ -40,4 +44,13 @@ from tritonobs.observer import __all__ as _observer_all
 
 __version__ = "0.1.0"
 
-__all__ = [*_observer_all, "get_backend", "set_backend", "use_backend", "__version__"]
+__all__ = [
+    *_observer_all,
+    "CalibrationError",
+    "CalibrationResult",
+    "calibrate",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "__version__",
+]
