@@ -35,19 +35,21 @@ def aminmax_per_channel_torch(
     """Torch reference of :func:`aminmax_per_channel`."""
     y = channel_view(x, normalize_axis(ch_axis, x.dim()))
     outer, _, inner = y.shape
+    # amin + amax: two vectorized passes, many times faster on CPU than aminmax(dim=...).
     if inner == 1:
-        batch_min, batch_max = torch.aminmax(y.squeeze(2), dim=0)
+        y, dims = y.squeeze(2), 0
     elif outer == 1:
-        batch_min, batch_max = torch.aminmax(y.squeeze(0), dim=1)
+        y, dims = y.squeeze(0), 1
     else:
-        batch_min, batch_max = y.amin(dim=(0, 2)), y.amax(dim=(0, 2))
+        dims = (0, 2)
+    batch_min, batch_max = y.amin(dim=dims), y.amax(dim=dims)
     batch_min, batch_max = batch_min.to(torch.float32), batch_max.to(torch.float32)
     nonfinite = torch.zeros((), dtype=torch.int64, device=x.device)
     if not all_finite(batch_min, batch_max):
         y32, finite = finite_float32(y)
         nonfinite = (~finite).sum()
-        batch_min = torch.where(finite, y32, float("inf")).amin(dim=(0, 2))
-        batch_max = torch.where(finite, y32, float("-inf")).amax(dim=(0, 2))
+        batch_min = torch.where(finite, y32, float("inf")).amin(dim=dims)
+        batch_max = torch.where(finite, y32, float("-inf")).amax(dim=dims)
     if running_min.numel() == 0:
         running_min = torch.full_like(batch_min, float("inf"))
         running_max = torch.full_like(batch_max, float("-inf"))
