@@ -82,7 +82,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
         self._check_input(x_orig)
         if x_orig.numel() == 0:
             return x_orig
-        histogram, new_min, new_max, nonfinite = torch.ops.tritonobs.histogram_update(
+        histogram, new_min, new_max, nonfinite = torch.ops.tritonobs.histogram_update.default(
             x_orig.detach(), self.histogram, self.min_val, self.max_val, self.upsample_rate
         )
         self.histogram.copy_(histogram)
@@ -106,7 +106,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
                 "The number of bins in histogram should be equal to the number of bins "
                 "supplied while making this observer"
             )
-        new_min, new_max = torch.ops.tritonobs.histogram_search(
+        new_min, new_max = torch.ops.tritonobs.histogram_search.default(
             self.histogram, self.min_val, self.max_val, self.dst_nbins
         )
         return self._calculate_qparams(new_min, new_max)

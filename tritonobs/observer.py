@@ -145,7 +145,7 @@ class MinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBase):
         self._check_input(x_orig)
         if x_orig.numel() == 0:
             return x_orig
-        new_min, new_max, nonfinite = torch.ops.tritonobs.aminmax(
+        new_min, new_max, nonfinite = torch.ops.tritonobs.aminmax.default(
             x_orig.detach(), self.min_val, self.max_val, self._averaging_constant
         )
         self.min_val.copy_(new_min)
@@ -306,7 +306,7 @@ class PerChannelMinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBas
                 f"{type(self).__name__}: has observed {self.min_val.shape[0]} channels on axis "
                 f"{self.ch_axis}; this batch has {channels} (shape {tuple(x_orig.shape)})"
             )
-        new_min, new_max, nonfinite = torch.ops.tritonobs.aminmax_per_channel(
+        new_min, new_max, nonfinite = torch.ops.tritonobs.aminmax_per_channel.default(
             x_orig.detach(), axis, self.min_val, self.max_val, self._averaging_constant
         )
         if self.min_val.shape != new_min.shape:
