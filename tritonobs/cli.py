@@ -12,7 +12,9 @@ _SUBCOMMANDS = ("tritonobs._cli_calibrate", "tritonobs._cli_bench")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tritonobs`` console script."""
-    parser = argparse.ArgumentParser(prog="tritonobs", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="tritonobs", description="Calibrate with tritonobs observers, or benchmark them."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in _SUBCOMMANDS:
         importlib.import_module(name).add_parser(subparsers)
