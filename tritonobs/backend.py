@@ -15,6 +15,7 @@ Set it with the environment variable ``TRITONOBS_BACKEND`` or, in Python, with
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -38,7 +39,10 @@ def get_backend() -> Backend:
     """The backend in force: the Python override if set, else ``TRITONOBS_BACKEND``, else ``auto``."""
     if _override is not None:
         return _override
-    return _check(os.environ.get("TRITONOBS_BACKEND", "auto").strip().lower(), "TRITONOBS_BACKEND")
+    value = os.environ.get("TRITONOBS_BACKEND")
+    if value is None:
+        return "auto"
+    return _check(value.strip().lower(), "TRITONOBS_BACKEND")
 
 
 def set_backend(name: Backend | None) -> Backend | None:
@@ -63,8 +67,9 @@ def use_backend(name: Backend) -> Iterator[None]:
         set_backend(previous)
 
 
+@functools.cache
 def triton_available() -> bool:
-    """Whether the ``triton`` package can be found (checked without importing it).
+    """Whether the ``triton`` package can be found (checked once, without importing it).
 
     Returns:
         ``False`` when no finder knows ``triton``, or when a finder refuses it with an

@@ -7,13 +7,20 @@ otherwise. The kernel module is imported on first use, so ``import tritonobs`` n
 
 Ops are defined with ``torch.library.define``/``impl`` rather than ``torch.library.custom_op``: the
 latter wraps every call in Python autograd, aliasing and dynamo-disable layers that cost ~15-50 us a
-call, more than a per-tensor min/max of a million floats on a CPU. The ops are functional (no
-input is mutated or aliased) and take no part in autograd (observers detach their input).
+call, more than a per-tensor min/max of a million floats on a CPU. The ops take no part in autograd
+(observers detach their input).
+
+An observer's state update is one op that mutates the observer's buffers in place (``mutates_args``
+names them; the schema marks them ``Tensor(a!)``) and returns nothing: on CUDA its kernel writes
+the buffers itself, so a forward is one launch and the buffers keep their identity.
+``torch.compile`` functionalizes such ops and inductor re-inplaces them. Pure functions (searches,
+references, ``histc``) stay functional.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +36,7 @@ def define_op(
     reference: Callable[..., Any],
     launcher: str,
     fake: Callable[..., Any],
+    mutates_args: tuple[str, ...] = (),
 ) -> None:
     """Define ``tritonobs::<signature.__name__>`` and register its CPU, CUDA and fake kernels.
 
@@ -37,16 +45,20 @@ def define_op(
             argument is a tensor on the device the op runs on.
         reference: the pure-torch implementation, same arguments.
         launcher: ``"<module>:<function>"`` under ``tritonobs.kernels``, e.g. ``"aminmax:aminmax_triton"``.
-        fake: the shape/dtype-only implementation used under ``torch.compile``.
+        fake: the shape/dtype-only implementation used under ``torch.compile`` (returns ``None``
+            for a mutating op).
+        mutates_args: the arguments the op writes in place (all of them tensors).
     """
     qualname = f"{NAMESPACE}::{signature.__name__}"
-    torch.library.define(qualname, torch.library.infer_schema(signature, mutates_args=()))
+    torch.library.define(qualname, torch.library.infer_schema(signature, mutates_args=mutates_args))
     module_name, function_name = launcher.split(":")
+    module_name = f"tritonobs.kernels.{module_name}"
 
     def kernel(*args: Any) -> Any:
         # Every op's first argument is a tensor on the op's device.
         if uses_triton(args[0].device):
-            module = importlib.import_module(f"tritonobs.kernels.{module_name}")
+            # sys.modules first: import_module costs a microsecond even for a loaded module.
+            module = sys.modules.get(module_name) or importlib.import_module(module_name)
             return getattr(module, function_name)(*args)
         return reference(*args)
 
