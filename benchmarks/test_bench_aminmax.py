@@ -43,11 +43,13 @@ def test_aminmax(benchmark, statistic, shape, dtype, provider, profile, device):
             obs(inputs[0])
             return Workload(obs, lambda: (cycle.next(),))
         op = torch.ops.tritonobs.aminmax if p == "tritonobs" else compiled(aminmax_torch, profile)
-        inf = torch.tensor(float("inf"), device=device)
-        running_min, running_max, _ = op(inputs[0], inf, -inf, averaging_constant)
-        return Workload(
-            lambda x: op(x, running_min, running_max, averaging_constant), lambda: (cycle.next(),)
+        state = (
+            torch.tensor(float("inf"), device=device),
+            torch.tensor(float("-inf"), device=device),
+            torch.zeros((), dtype=torch.int64, device=device),
         )
+        op(inputs[0], *state, averaging_constant)
+        return Workload(lambda x: op(x, *state, averaging_constant), lambda: (cycle.next(),))
 
     case = Case(
         key=f"aminmax/{statistic}/{shape_name(shape)}/{dtype_name(dtype)}",

@@ -51,11 +51,15 @@ def test_aminmax_per_channel(
             op = torch.ops.tritonobs.aminmax_per_channel
         else:
             op = compiled(aminmax_per_channel_torch, profile)
-        empty = torch.empty(0, device=device)
-        running_min, running_max, _ = op(inputs[0], ch_axis, empty, empty, averaging_constant)
+        channels = inputs[0].shape[ch_axis]
+        state = (
+            torch.full((channels,), float("inf"), device=device),
+            torch.full((channels,), float("-inf"), device=device),
+            torch.zeros((), dtype=torch.int64, device=device),
+        )
+        op(inputs[0], ch_axis, *state, averaging_constant)
         return Workload(
-            lambda x: op(x, ch_axis, running_min, running_max, averaging_constant),
-            lambda: (cycle.next(),),
+            lambda x: op(x, ch_axis, *state, averaging_constant), lambda: (cycle.next(),)
         )
 
     case = Case(

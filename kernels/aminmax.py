@@ -27,12 +27,14 @@ one launch, with no host synchronisation.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 
 import torch
 import triton
 import triton.language as tl
+
+from tritonobs.kernels._launch import cdiv, device_guard, next_power_of_2, sm_count, workspace
 
 # Elements per tile (8192: 16 KiB of bf16, 32 values per thread at 8 warps).
 TILE = 8192
@@ -97,10 +99,9 @@ def _aminmax_kernel(
     x_ptr,
     running_min_ptr,
     running_max_ptr,
-    out_min_ptr,
-    out_max_ptr,
+    nonfinite_ptr,
     partial_ptr,
-    ws_ptr,
+    ticket_ptr,
     R1,
     R2,
     R,
@@ -121,13 +122,15 @@ def _aminmax_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_BLOCK: tl.constexpr,
     MULTI_SPLIT: tl.constexpr,
-    HAS_RUNNING: tl.constexpr,
     EMA: tl.constexpr,
 ):
     """Program ``pid`` = (channel block ``pid // n_splits``, split ``pid % n_splits``).
 
-    ``ws_ptr``: int64 ``[1 + blocks]`` of zeros: the non-finite count, then one ticket per channel
-    block. ``partial_ptr``: float32 ``[2, n_splits, C]`` (min, max) when ``MULTI_SPLIT``.
+    Updates ``running_min``/``running_max`` (float32 ``[C]``, or one value) in place and adds the
+    skipped values to ``nonfinite`` (int64, one value). ``ticket_ptr``: int64 ``[blocks]`` of zeros,
+    one ticket per channel block, put back to zero by the block's last program (so the workspace
+    needs no zero-fill between launches). ``partial_ptr``: float32 ``[2, n_splits, C]`` (min, max)
+    when ``MULTI_SPLIT``.
     """
     pid = tl.program_id(0)
     # Scalars in int64: no int32 overflow at any size (and no overflow checks in the interpreter).
@@ -212,7 +215,7 @@ def _aminmax_kernel(
             batch_min = tl.minimum(batch_min, v_min)
             batch_max = tl.maximum(batch_max, v_max)
     if count > 0:
-        tl.atomic_add(ws_ptr, count)
+        tl.atomic_add(nonfinite_ptr, count)
 
     last = pid >= 0  # with one split per block, every program is the last of its block
     if MULTI_SPLIT:
@@ -220,9 +223,11 @@ def _aminmax_kernel(
         tl.store(partial_ptr + (n_splits + split) * C + c, batch_max, mask=c_mask)
         # Every thread's partial stores before the release; the last ticket acquires them all.
         tl.debug_barrier()
-        ticket = tl.atomic_add(ws_ptr + 1 + cb, 1, sem="acq_rel")
+        ticket = tl.atomic_add(ticket_ptr + cb, 1, sem="acq_rel")
         last = ticket == n_splits - 1
         if last:
+            # Every other program of the block has drawn: the ticket is free to reset.
+            tl.store(ticket_ptr + cb, 0)
             batch_min = tl.full([BLOCK_C], float("inf"), tl.float32)
             batch_max = tl.full([BLOCK_C], float("-inf"), tl.float32)
             for s0 in range(0, n_splits, SPLIT_BLOCK):
@@ -234,12 +239,8 @@ def _aminmax_kernel(
                 batch_min = tl.minimum(batch_min, tl.min(p_min, axis=0))
                 batch_max = tl.maximum(batch_max, tl.max(p_max, axis=0))
     if last:
-        if HAS_RUNNING:
-            running_min = tl.load(running_min_ptr + c, mask=c_mask)
-            running_max = tl.load(running_max_ptr + c, mask=c_mask)
-        else:
-            running_min = tl.full([BLOCK_C], float("inf"), tl.float32)
-            running_max = tl.full([BLOCK_C], float("-inf"), tl.float32)
+        running_min = tl.load(running_min_ptr + c, mask=c_mask)
+        running_max = tl.load(running_max_ptr + c, mask=c_mask)
         if EMA:
             # fp32 on the GPU already; the interpreter passes Python floats as float64.
             a = tl.cast(averaging_constant, tl.float32)
@@ -251,8 +252,8 @@ def _aminmax_kernel(
             new_min = tl.where(batch_min < running_min, batch_min, running_min)
             new_max = tl.where(batch_max > running_max, batch_max, running_max)
         seen = batch_min <= batch_max
-        tl.store(out_min_ptr + c, tl.where(seen, new_min, running_min), mask=c_mask)
-        tl.store(out_max_ptr + c, tl.where(seen, new_max, running_max), mask=c_mask)
+        tl.store(running_min_ptr + c, tl.where(seen, new_min, running_min), mask=c_mask)
+        tl.store(running_max_ptr + c, tl.where(seen, new_max, running_max), mask=c_mask)
 
 
 def reduced_axes(
@@ -284,37 +285,50 @@ def reduced_axes(
 
 def _tile_shape(rows: int, channels: int, k: int, channel_inner: bool, programs: int):
     """``(BLOCK_R, BLOCK_C, BLOCK_K)``: the contiguous axis first, up to ``TILE`` elements."""
-    np2 = triton.next_power_of_2
     if channel_inner:
-        block_c = min(np2(channels), TILE)
-        while block_c > MIN_CONTIGUOUS and triton.cdiv(channels, block_c) * MAX_SPLITS < programs:
+        block_c = min(next_power_of_2(channels), TILE)
+        while block_c > MIN_CONTIGUOUS and cdiv(channels, block_c) * MAX_SPLITS < programs:
             block_c //= 2
-        block_k = min(np2(k), TILE // block_c)
+        block_k = min(next_power_of_2(k), TILE // block_c)
     else:
-        block_k = min(np2(k), TILE)
-        block_c = min(np2(channels), TILE // block_k)
+        block_k = min(next_power_of_2(k), TILE)
+        block_c = min(next_power_of_2(channels), TILE // block_k)
         # Many short channels: wider channel blocks, so that each program has several tiles.
         while (
-            block_k > MIN_CONTIGUOUS
-            and block_c < channels
-            and triton.cdiv(channels, block_c) > programs
+            block_k > MIN_CONTIGUOUS and block_c < channels and cdiv(channels, block_c) > programs
         ):
             block_k //= 2
             block_c *= 2
-    block_r = min(np2(rows), TILE // (block_c * block_k))
+    block_r = min(next_power_of_2(rows), TILE // (block_c * block_k))
     return block_r, block_c, block_k
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _programs(x: torch.Tensor) -> int:
+def _programs(device: torch.device, numel: int) -> int:
     """How many programs to aim for: a few per SM, or in the interpreter one per 4 tiles, <= 16."""
-    if x.device.type == "cuda":
-        return PROGRAMS_PER_SM * _sm_count(x.device)
-    return max(1, min(INTERPRETER_PROGRAMS, x.numel() // (4 * TILE)))
+    if device.type == "cuda":
+        return PROGRAMS_PER_SM * sm_count(device)
+    return max(1, min(INTERPRETER_PROGRAMS, numel // (4 * TILE)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The launch of ``_aminmax_kernel`` over a tensor of one shape and strides.
+
+    Attributes:
+        grid: programs (channel blocks x splits).
+        args: the integer arguments by name, in the kernel's order.
+        constexprs: ``ROW_AXES``, ``BLOCK_*``, ``SPLIT_BLOCK``, ``MULTI_SPLIT``.
+        tickets: int64 tickets the launch needs (one per channel block).
+        partials: float32 partial min/max values the launch needs.
+        contiguous: the input must be copied first (more reduced axes than the kernel walks).
+    """
+
+    grid: tuple[int]
+    args: dict[str, int]
+    constexprs: dict[str, int | bool]
+    tickets: int
+    partials: int
+    contiguous: bool = False
 
 
 def _plan(
@@ -322,12 +336,8 @@ def _plan(
     strides: tuple[int, ...],
     ch_axis: int | None,
     programs: int,
-) -> tuple[int, dict[str, int], dict[str, object]]:
-    """The launch of ``_aminmax_kernel`` over a tensor of this shape and strides.
-
-    Returns:
-        ``(grid, integer arguments by name, constexprs without HAS_RUNNING/EMA)``.
-    """
+) -> Plan:
+    """The :class:`Plan` for a tensor of this shape and strides, ``programs`` programs aimed at."""
     axes = reduced_axes(shape, strides, ch_axis)
     (k, stride_k), rows = axes[-1], axes[:-1]
     row_sizes = [n for n, _ in rows] + [1] * (MAX_ROW_AXES - len(rows))
@@ -339,10 +349,10 @@ def _plan(
     row_count = math.prod(row_sizes)
     channel_inner = channels > 1 and stride_c < stride_k
     block_r, block_c, block_k = _tile_shape(row_count, channels, k, channel_inner, programs)
-    n_cblocks = triton.cdiv(channels, block_c)
-    n_kblocks = triton.cdiv(k, block_k)
-    n_tiles = triton.cdiv(row_count, block_r) * n_kblocks
-    n_splits = min(n_tiles, triton.cdiv(programs, n_cblocks))
+    n_cblocks = cdiv(channels, block_c)
+    n_kblocks = cdiv(k, block_k)
+    n_tiles = cdiv(row_count, block_r) * n_kblocks
+    n_splits = min(n_tiles, cdiv(programs, n_cblocks))
     args = {
         "R1": row_sizes[1],
         "R2": row_sizes[2],
@@ -358,15 +368,104 @@ def _plan(
         "n_tiles": n_tiles,
         "n_splits": n_splits,
     }
+    multi = n_splits > 1
     constexprs = {
         "ROW_AXES": max(1, len(rows)),
         "BLOCK_R": block_r,
         "BLOCK_C": block_c,
         "BLOCK_K": block_k,
-        "SPLIT_BLOCK": max(1, min(triton.next_power_of_2(n_splits), TILE // block_c)),
-        "MULTI_SPLIT": n_splits > 1,
+        "SPLIT_BLOCK": max(1, min(next_power_of_2(n_splits), TILE // block_c)),
+        "MULTI_SPLIT": multi,
     }
-    return n_cblocks * n_splits, args, constexprs
+    return Plan(
+        grid=(n_cblocks * n_splits,),
+        args=args,
+        constexprs=constexprs,
+        # Single-split launches never touch these; one element keeps the pointers valid.
+        tickets=n_cblocks if multi else 1,
+        partials=2 * n_splits * channels if multi else 1,
+    )
+
+
+def _needs_copy(shape: tuple[int, ...], strides: tuple[int, ...], ch_axis: int | None) -> bool:
+    """More than four reduced axes that no stride order merges, or over 2**31 rows on several
+    axes: never seen from a real model; one contiguous copy brings it back to two axes."""
+    axes = reduced_axes(shape, strides, ch_axis)
+    return len(axes) > MAX_ROW_AXES + 1 or (
+        len(axes) > 2 and math.prod(n for n, _ in axes[:-1]) >= 2**31
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """Everything a launch over one input layout needs, made once and cached (see :func:`launch_for`).
+
+    Attributes:
+        plan: the grid and kernel arguments.
+        out_shape: the running state's shape (``()`` or ``(C,)``).
+        kwargs: the keyword arguments of the launch but ``averaging_constant`` (integers,
+            constexprs, ``num_warps``, ``enable_fp_fusion``).
+        tickets: the per-device ticket workspace (left at zero by every launch).
+        partials: the per-device partial min/max workspace (written before it is read).
+    """
+
+    plan: Plan
+    out_shape: tuple[int, ...]
+    kwargs: dict[str, object]
+    tickets: torch.Tensor
+    partials: torch.Tensor
+
+
+_LAUNCHES: dict[tuple, Launch] = {}
+
+
+def plan_for(x: torch.Tensor, ch_axis: int | None) -> Plan:
+    """The :class:`Plan` over ``x`` (a contiguous copy's when ``x`` has too many axes)."""
+    shape, strides = tuple(x.shape), tuple(x.stride())
+    if _needs_copy(shape, strides, ch_axis):
+        plan = _plan(
+            shape,
+            torch.empty(shape, device="meta").stride(),
+            ch_axis,
+            _programs(x.device, x.numel()),
+        )
+        return dataclasses.replace(plan, contiguous=True)
+    return _plan(shape, strides, ch_axis, _programs(x.device, x.numel()))
+
+
+def launch_for(x: torch.Tensor, ch_axis: int | None, ema: bool) -> Launch:
+    """The cached :class:`Launch` over ``x``, by shape, strides, dtype, channel axis, device, EMA.
+
+    Raises:
+        TypeError: ``x`` is not float32, float16, bfloat16 or float64.
+        ValueError: ``x`` has no elements.
+    """
+    key = (x.shape, x.stride(), x.dtype, ch_axis, x.device, ema)
+    launch = _LAUNCHES.get(key)
+    if launch is None:
+        if x.dtype not in _INPUT_DTYPES:
+            raise TypeError(
+                f"aminmax: x must be float32, float16, bfloat16 or float64; got {x.dtype}"
+            )
+        if x.numel() == 0:
+            raise ValueError("aminmax: x has no elements")
+        plan = plan_for(x, ch_axis)
+        kwargs = {
+            **plan.args,
+            **plan.constexprs,
+            "EMA": ema,
+            "num_warps": NUM_WARPS,
+            "enable_fp_fusion": False,  # EMA: round after each op, as torch does
+        }
+        launch = Launch(
+            plan=plan,
+            out_shape=() if ch_axis is None else (x.shape[ch_axis],),
+            kwargs=kwargs,
+            tickets=workspace(x.device, "aminmax_tickets", plan.tickets, torch.int64),
+            partials=workspace(x.device, "aminmax_partials", plan.partials, torch.float32),
+        )
+        _LAUNCHES[key] = launch
+    return launch
 
 
 def aminmax_update(
@@ -374,81 +473,57 @@ def aminmax_update(
     ch_axis: int | None,
     running_min: torch.Tensor,
     running_max: torch.Tensor,
+    nonfinite_count: torch.Tensor,
     averaging_constant: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch ``_aminmax_kernel`` over ``x`` (per tensor when ``ch_axis`` is None).
+) -> None:
+    """Launch ``_aminmax_kernel`` over ``x``: updates the running state in place, one launch.
 
     Args:
         x: float32/float16/bfloat16/float64, any shape and strides, at least one element.
         ch_axis: the channel axis in ``[0, x.dim())``, or ``None`` for one per-tensor value.
-        running_min, running_max: float32 0-d (per tensor), ``[C]``, or ``[0]`` meaning that no
-            channel has a value yet.
+        running_min, running_max: float32, 0-d (per tensor) or ``[C]``, updated in place. Other
+            float dtypes round-trip through float32 copies (extra torch kernels).
+        nonfinite_count: 0-d int64, incremented by the number of skipped NaN/inf values.
         averaging_constant: ``None`` for min/max, the moving-average constant otherwise.
-
-    Returns:
-        ``(new_min, new_max, nonfinite)``: float32 of ``running_min``'s shape (``[C]`` for a
-        ``[0]`` running state) and the 0-d int64 count of skipped non-finite values.
     """
-    if x.dtype not in _INPUT_DTYPES:
-        raise TypeError(f"aminmax: x must be float32, float16, bfloat16 or float64; got {x.dtype}")
-    if x.numel() == 0:
-        raise ValueError("aminmax: x has no elements")
-    axes = reduced_axes(tuple(x.shape), tuple(x.stride()), ch_axis)
-    if len(axes) > MAX_ROW_AXES + 1 or (
-        len(axes) > 2 and math.prod(n for n, _ in axes[:-1]) >= 2**31
-    ):
-        # More than four reduced axes that no stride order merges, or over 2**31 rows on several
-        # axes: never seen from a real model; one contiguous copy brings it back to two axes.
-        x = x.contiguous()
-    out_shape = () if ch_axis is None else (x.shape[ch_axis],)
-    has_running = running_min.numel() != 0
-    if has_running and (running_min.shape != out_shape or running_max.shape != out_shape):
+    ema = averaging_constant is not None
+    launch = launch_for(x, ch_axis, ema)
+    if running_min.shape != launch.out_shape or running_max.shape != launch.out_shape:
         raise ValueError(
             f"aminmax: running_min/running_max of shapes {tuple(running_min.shape)}/"
-            f"{tuple(running_max.shape)}, expected {out_shape}"
+            f"{tuple(running_max.shape)}, expected {launch.out_shape}"
         )
-    running_min = running_min.to(torch.float32).contiguous()
-    running_max = running_max.to(torch.float32).contiguous()
-
-    grid, args, constexprs = _plan(tuple(x.shape), tuple(x.stride()), ch_axis, _programs(x))
-    multi = constexprs["MULTI_SPLIT"]
-    n_cblocks = grid // args["n_splits"]
-    out_min = torch.empty(out_shape, dtype=torch.float32, device=x.device)
-    out_max = torch.empty(out_shape, dtype=torch.float32, device=x.device)
-    ws = torch.zeros(1 + (n_cblocks if multi else 0), dtype=torch.int64, device=x.device)
-    partial = (
-        torch.empty((2, args["n_splits"], args["C"]), dtype=torch.float32, device=x.device)
-        if multi
-        else out_min
-    )
-    ema = averaging_constant is not None
-    _aminmax_kernel[(grid,)](
-        x,
-        running_min,
-        running_max,
-        out_min,
-        out_max,
-        partial,
-        ws,
-        **args,
-        averaging_constant=averaging_constant if ema else 0.0,
-        **constexprs,
-        HAS_RUNNING=has_running,
-        EMA=ema,
-        num_warps=NUM_WARPS,
-        enable_fp_fusion=False,  # EMA: round after each op, as torch does
-    )
-    return out_min, out_max, ws[0]
+    if running_min.dtype != torch.float32 or running_max.dtype != torch.float32:
+        # The kernel keeps float32 statistics; other buffer dtypes round-trip through float32.
+        state = (running_min.float(), running_max.float())
+        aminmax_update(x, ch_axis, *state, nonfinite_count, averaging_constant)
+        running_min.copy_(state[0])
+        running_max.copy_(state[1])
+        return
+    if launch.plan.contiguous:
+        x = x.contiguous()
+    with device_guard(x.device):
+        _aminmax_kernel[launch.plan.grid](
+            x,
+            running_min,
+            running_max,
+            nonfinite_count,
+            launch.partials,
+            launch.tickets,
+            averaging_constant=averaging_constant if ema else 0.0,
+            **launch.kwargs,
+        )
 
 
 def aminmax_triton(
     x: torch.Tensor,
     running_min: torch.Tensor,
     running_max: torch.Tensor,
+    nonfinite_count: torch.Tensor,
     averaging_constant: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton launcher of ``tritonobs::aminmax`` (same arguments and results)."""
-    return aminmax_update(x, None, running_min, running_max, averaging_constant)
+) -> None:
+    """Triton launcher of ``tritonobs::aminmax`` (same arguments; updates the state in place)."""
+    aminmax_update(x, None, running_min, running_max, nonfinite_count, averaging_constant)
 
 
 def _spec(
@@ -465,17 +540,23 @@ def _spec(
     """
     if strides is None:
         strides = torch.empty(shape, device="meta").stride()
-    _, args, constexprs = _plan(shape, strides, ch_axis, PROGRAMS_PER_SM * 132)
+    plan = _plan(shape, strides, ch_axis, PROGRAMS_PER_SM * 132)
+    constexprs = dict(plan.constexprs)
     signature = {name: "*fp32" for name in _aminmax_kernel.arg_names}
-    signature |= {"x_ptr": f"*{dtype}", "ws_ptr": "*i64", "averaging_constant": "fp32"}
-    for name, value in args.items():
+    signature |= {
+        "x_ptr": f"*{dtype}",
+        "nonfinite_ptr": "*i64",
+        "ticket_ptr": "*i64",
+        "averaging_constant": "fp32",
+    }
+    for name, value in plan.args.items():
         if value == 1:
             constexprs[name] = 1
         else:
             signature[name] = ("i64" if value >= 2**31 else "i32") + (
                 ":16" if value % 16 == 0 else ""
             )
-    constexprs |= {"HAS_RUNNING": True, "EMA": False} | flags
+    constexprs |= {"EMA": False} | flags
     signature |= dict.fromkeys(constexprs, "constexpr")
     options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
     return _aminmax_kernel, signature, constexprs, options
@@ -487,7 +568,7 @@ COMPILE_SPECS = [
     # per channel, channel axis outermost (weights, ch_axis=0)
     _spec("bf16", (8192, 8192), 0, EMA=True),
     # per channel, channel axis innermost (activations, ch_axis=-1)
-    _spec("bf16", (8192, 8192), 1, EMA=True, HAS_RUNNING=False),
+    _spec("bf16", (8192, 8192), 1, EMA=True),
     # x[::2, ::2, ::2, ::2, ::2] of a [6, 10, 14, 18, 22] tensor: three row axes
     _spec("fp32", (3, 5, 7, 9, 11), 2, (110880, 11088, 792, 44, 2), EMA=True),
     # over 2**31 elements: int64 sizes

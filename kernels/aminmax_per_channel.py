@@ -17,8 +17,9 @@ def aminmax_per_channel_triton(
     ch_axis: int,
     running_min: torch.Tensor,
     running_max: torch.Tensor,
+    nonfinite_count: torch.Tensor,
     averaging_constant: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton launcher of ``tritonobs::aminmax_per_channel`` (same arguments and results)."""
+) -> None:
+    """Triton launcher of ``tritonobs::aminmax_per_channel`` (same arguments; in place)."""
     axis = normalize_axis(ch_axis, x.dim())
-    return aminmax_update(x, axis, running_min, running_max, averaging_constant)
+    aminmax_update(x, axis, running_min, running_max, nonfinite_count, averaging_constant)

@@ -63,6 +63,15 @@ def plain(x, running_min, running_max, c):
     return new_min, running_max + c * (batch_max - running_max), nonfinite
 
 
+def run(op, *args):
+    """``(min, max, nonfinite)`` after ``op(*inputs, min, max, nonfinite, c)`` updates copies of
+    the state in place; ``args`` is ``(*inputs, running_min, running_max, c)``."""
+    *inputs, running_min, running_max, c = args
+    result = (running_min.clone(), running_max.clone(), torch.zeros((), dtype=torch.int64))
+    assert op(*inputs, *result, c) is None
+    return result
+
+
 def assert_exact(result, expected) -> None:
     assert len(result) == len(expected) == 3
     for got, want in zip(result, expected, strict=True):
@@ -72,8 +81,8 @@ def assert_exact(result, expected) -> None:
 
 def check(x, running_min, running_max, c) -> None:
     """The op (whatever backend is on) equals the reference and plain torch."""
-    result = torch.ops.tritonobs.aminmax(x, running_min, running_max, c)
-    assert_exact(result, aminmax_torch(x, running_min, running_max, c))
+    result = run(torch.ops.tritonobs.aminmax, x, running_min, running_max, c)
+    assert_exact(result, run(aminmax_torch, x, running_min, running_max, c))
     assert_exact(result, plain(x, running_min, running_max, c))
 
 
@@ -83,6 +92,7 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(kernel, "TILE", 64)
     monkeypatch.setattr(kernel, "MIN_CONTIGUOUS", 8)
     monkeypatch.setattr(kernel, "INTERPRETER_PROGRAMS", 6)
+    monkeypatch.setattr(kernel, "_LAUNCHES", {})  # launches cached with the default tiles
 
 
 @pytest.mark.parametrize("dtype", INPUT_DTYPES, ids=str)
@@ -130,7 +140,7 @@ def test_batch_without_finite_values_keeps_running(backend, fill, running, c):
         if fill == "mixed"
         else torch.full((9,), fill)
     )
-    result = torch.ops.tritonobs.aminmax(x, *state(*running), c)
+    result = run(torch.ops.tritonobs.aminmax, x, *state(*running), c)
     assert_exact(result, (*state(*running), torch.tensor(x.numel())))
 
 
@@ -156,8 +166,8 @@ def test_large_input_several_programs(backend):
 
 def test_many_tiles_and_programs(small_tiles):
     x = data((37, 61))
-    grid, _, constexprs = kernel._plan((37, 61), (61, 1), None, kernel._programs(x))
-    assert grid > 1 and constexprs["MULTI_SPLIT"]
+    plan = kernel.plan_for(x, None)
+    assert plan.grid[0] > 1 and plan.constexprs["MULTI_SPLIT"]
     with use_backend("triton"):
         check(x, *state(), None)
         for x in (data((37, 61)), data((61, 37)).t(), data((37, 122), torch.float16)[:, ::2]):
@@ -168,14 +178,15 @@ def test_many_tiles_and_programs(small_tiles):
 
 
 @pytest.mark.parametrize("poison", [NAN, -3e38, 3e38])
-def test_every_output_and_partial_is_written(small_tiles, monkeypatch, poison):
-    """Uninitialised memory is poisoned: an element the kernel forgets shows in the result."""
-    empty = torch.empty
+def test_every_partial_is_written(small_tiles, monkeypatch, poison):
+    """Stale workspace memory is poisoned: a partial the kernel forgets shows in the result."""
+    real = kernel.workspace
 
-    def poisoned(*args, **kwargs):
-        return empty(*args, **kwargs).fill_(poison)
+    def poisoned(device, name, numel, dtype):
+        buffer = real(device, name, numel, dtype)
+        return buffer.fill_(poison) if name == "aminmax_partials" else buffer
 
-    monkeypatch.setattr(torch, "empty", poisoned)
+    monkeypatch.setattr(kernel, "workspace", poisoned)
     with use_backend("triton"):
         check(with_nonfinite(data((37, 61))), *state(), None)
         check(data((37, 61), torch.bfloat16), *state(-1.0, 1.0), 0.5)
@@ -189,7 +200,7 @@ def test_moving_average_matches_torch_ao_bit_for_bit():
         for seed in range(4):
             x = data((29, 31), torch.bfloat16, seed=seed) * (seed + 1)
             observer(x)
-            running = torch.ops.tritonobs.aminmax(x, *running, 0.037)[:2]
+            running = run(torch.ops.tritonobs.aminmax, x, *running, 0.037)[:2]
     torch.testing.assert_close(running[0], observer.min_val, atol=0, rtol=0)
     torch.testing.assert_close(running[1], observer.max_val, atol=0, rtol=0)
 
@@ -205,30 +216,31 @@ def test_no_host_synchronisation(monkeypatch):
     with monkeypatch.context() as m:
         for name in ("__bool__", "item", "tolist", "__int__", "__float__", "__index__"):
             m.setattr(torch.Tensor, name, sync)
-        result = kernel.aminmax_triton(x, *running, 0.2)
-    assert_exact(result, aminmax_torch(x, *running, 0.2))
+        result = run(kernel.aminmax_triton, x, *running, 0.2)
+    assert_exact(result, run(aminmax_torch, x, *running, 0.2))
 
 
 def test_grid_follows_the_size():
-    small, large = torch.empty(7), torch.empty(1024, 1024)
-    assert kernel._programs(small) == 1
-    assert kernel._programs(large) == kernel.INTERPRETER_PROGRAMS <= 16
-    grid, args, _ = kernel._plan((1024, 1024), (1024, 1), None, kernel._programs(large))
-    assert grid == args["n_splits"] == 16
+    cpu = torch.device("cpu")
+    assert kernel._programs(cpu, 7) == 1
+    assert kernel._programs(cpu, 1024 * 1024) == kernel.INTERPRETER_PROGRAMS <= 16
+    plan = kernel._plan((1024, 1024), (1024, 1), None, kernel._programs(cpu, 1024 * 1024))
+    assert plan.grid[0] == plan.args["n_splits"] == 16
     # an H200: a few programs per SM, a few percent of the input in partials at most
     for ch_axis in (None, 0, 1):
-        grid, args, _ = kernel._plan((8192, 8192), (8192, 1), ch_axis, 4 * 132)
-        assert 2 * 132 <= grid <= 8 * 132
-        assert args["n_splits"] * args["C"] <= 8192 * 8192 // 100
+        plan = kernel._plan((8192, 8192), (8192, 1), ch_axis, 4 * 132)
+        assert 2 * 132 <= plan.grid[0] <= 8 * 132
+        assert plan.partials <= 2 * 8192 * 8192 // 100
 
 
 @pytest.mark.parametrize("c", [None, 0.01])
 def test_opcheck(backend, c):
     x = with_nonfinite(data((5, 7)))
-    torch.library.opcheck(torch.ops.tritonobs.aminmax.default, (x, *state(), c))
-    torch.library.opcheck(torch.ops.tritonobs.aminmax.default, (x.t(), *state(-1.0, 1.0), c))
+    count = torch.zeros((), dtype=torch.int64)
+    torch.library.opcheck(torch.ops.tritonobs.aminmax.default, (x, *state(), count, c))
+    torch.library.opcheck(torch.ops.tritonobs.aminmax.default, (x.t(), *state(-1.0, 1.0), count, c))
 
 
 def test_rejects_integer_input():
     with pytest.raises(TypeError, match="float32"):
-        kernel.aminmax_triton(torch.ones(3, dtype=torch.int32), *state(), None)
+        kernel.aminmax_triton(torch.ones(3, dtype=torch.int32), *state(), torch.tensor(0), None)

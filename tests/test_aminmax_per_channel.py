@@ -10,7 +10,7 @@ import torch
 
 import tritonobs.ops  # noqa: F401  (registers the tritonobs::* ops)
 from tests.conftest import INPUT_DTYPES, SHAPES
-from tests.test_aminmax import INF, NAN, assert_exact, data, with_nonfinite
+from tests.test_aminmax import INF, NAN, assert_exact, data, run, with_nonfinite
 from tritonobs.backend import use_backend
 from tritonobs.kernels import aminmax as kernel
 from tritonobs.kernels.aminmax_per_channel import aminmax_per_channel_triton
@@ -21,7 +21,11 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
 ]
 
-UNSET = (torch.empty(0), torch.empty(0))
+
+def unset(x, ch_axis):
+    """The state of channels that have seen nothing yet: (+inf, -inf) each."""
+    lo = torch.full((x.shape[ch_axis],), INF)
+    return lo, -lo
 
 
 def plain(x, ch_axis, running_min, running_max, c):
@@ -30,9 +34,6 @@ def plain(x, ch_axis, running_min, running_max, c):
     finite = torch.isfinite(x32)
     batch_min = torch.where(finite, x32, INF).amin(dim=1)
     batch_max = torch.where(finite, x32, -INF).amax(dim=1)
-    if running_min.numel() == 0:
-        running_min = torch.full_like(batch_min, INF)
-        running_max = torch.full_like(batch_max, -INF)
     if c is None:
         new_min, new_max = (
             torch.minimum(batch_min, running_min),
@@ -52,10 +53,10 @@ def plain(x, ch_axis, running_min, running_max, c):
 
 def check(x, ch_axis, running_min, running_max, c) -> None:
     """The op (whatever backend is on) equals the reference and plain torch."""
-    args = (x, ch_axis, running_min, running_max, c)
-    result = torch.ops.tritonobs.aminmax_per_channel(*args)
-    assert_exact(result, aminmax_per_channel_torch(*args))
-    assert_exact(result, plain(*args))
+    result = run(torch.ops.tritonobs.aminmax_per_channel, x, ch_axis, running_min, running_max, c)
+    reference = run(aminmax_per_channel_torch, x, ch_axis, running_min, running_max, c)
+    assert_exact(result, reference)
+    assert_exact(result, plain(x, ch_axis, running_min, running_max, c))
 
 
 def running_for(x, ch_axis, seed=7):
@@ -72,7 +73,7 @@ def running_for(x, ch_axis, seed=7):
 def test_every_axis(backend, shape, dtype):
     x = data(shape, dtype)
     for ch_axis in range(-x.dim(), x.dim()):
-        check(x, ch_axis, *UNSET, None)
+        check(x, ch_axis, *unset(x, ch_axis), None)
         check(x, ch_axis, *running_for(x, ch_axis), 0.01)
 
 
@@ -92,7 +93,7 @@ LAYOUTS = {
 def test_non_contiguous(backend, layout, dtype):
     x = LAYOUTS[layout]().to(dtype)
     for ch_axis in (0, -1, 1):
-        check(x, ch_axis, *UNSET, None)
+        check(x, ch_axis, *unset(x, ch_axis), None)
         check(x, ch_axis, *running_for(x, ch_axis), 0.5)
 
 
@@ -102,7 +103,7 @@ def test_nonfinite_values_are_skipped_and_counted(backend, dtype):
     x[:, 2] = NAN  # a channel with no finite value keeps its running value
     x[:, 4, ::2] = INF
     for ch_axis in (1, -1, 0):
-        check(x, ch_axis, *UNSET, None)
+        check(x, ch_axis, *unset(x, ch_axis), None)
         check(x, ch_axis, *running_for(x, ch_axis), 0.1)
 
 
@@ -111,11 +112,12 @@ def test_batch_without_finite_values_keeps_running(backend, c):
     x = with_nonfinite(torch.full((4, 5, 3), NAN))
     for ch_axis in (0, 1, -1):
         running = running_for(x, ch_axis)
-        result = torch.ops.tritonobs.aminmax_per_channel(x, ch_axis, *running, c)
-        assert_exact(result, (*running, torch.tensor(x.numel())))
-        result = torch.ops.tritonobs.aminmax_per_channel(x, ch_axis, *UNSET, c)
-        unset = torch.full((x.shape[ch_axis],), INF)
-        assert_exact(result, (unset, -unset, torch.tensor(x.numel())))
+        op = torch.ops.tritonobs.aminmax_per_channel
+        assert_exact(run(op, x, ch_axis, *running, c), (*running, torch.tensor(x.numel())))
+        assert_exact(
+            run(op, x, ch_axis, *unset(x, ch_axis), c),
+            (*unset(x, ch_axis), torch.tensor(x.numel())),
+        )
 
 
 def test_moving_average_matches_torch_ao_bit_for_bit():
@@ -125,14 +127,15 @@ def test_moving_average_matches_torch_ao_bit_for_bit():
             averaging_constant=0.3, ch_axis=ch_axis
         )
         minmax = torch.ao.quantization.PerChannelMinMaxObserver(ch_axis=ch_axis)
-        ema, running = UNSET, UNSET
+        ema = running = unset(data((96, 130)), ch_axis)
         with use_backend("triton"):
             for seed in range(3):
                 x = data((96, 130), torch.bfloat16, seed=seed) * (seed + 1)
                 moving(x)
                 minmax(x)
-                ema = torch.ops.tritonobs.aminmax_per_channel(x, ch_axis, *ema, 0.3)[:2]
-                running = torch.ops.tritonobs.aminmax_per_channel(x, ch_axis, *running, None)[:2]
+                op = torch.ops.tritonobs.aminmax_per_channel
+                ema = run(op, x, ch_axis, *ema, 0.3)[:2]
+                running = run(op, x, ch_axis, *running, None)[:2]
         for ours, observer in ((ema, moving), (running, minmax)):
             torch.testing.assert_close(ours[0], observer.min_val, atol=0, rtol=0)
             torch.testing.assert_close(ours[1], observer.max_val, atol=0, rtol=0)
@@ -150,16 +153,19 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(kernel, "TILE", 64)
     monkeypatch.setattr(kernel, "MIN_CONTIGUOUS", 8)
     monkeypatch.setattr(kernel, "INTERPRETER_PROGRAMS", 6)
+    monkeypatch.setattr(kernel, "_LAUNCHES", {})  # launches cached with the default tiles
 
 
 def test_many_tiles_and_programs(small_tiles):
     x = data((37, 61))
     for ch_axis, blocks in ((0, 5), (1, 1)):
-        grid, args, constexprs = kernel._plan((37, 61), (61, 1), ch_axis, kernel._programs(x))
-        assert grid == blocks * args["n_splits"] and args["n_splits"] > 1
+        plan = kernel.plan_for(x, ch_axis)
+        args, constexprs = plan.args, plan.constexprs
+        assert plan.grid[0] == blocks * args["n_splits"] and args["n_splits"] > 1
         assert constexprs["MULTI_SPLIT"] and args["C"] % constexprs["BLOCK_C"] != 0
+        assert plan.tickets == blocks
     with use_backend("triton"):
-        check(x, 0, *UNSET, None)
+        check(x, 0, *unset(x, 0), None)
         for x in (data((37, 61)), data((61, 37)).t(), data((37, 122), torch.float16)[:, ::2]):
             # a non-finite value in some programs' ranges only: those read their range again
             x[5, 7], x[30, 50] = NAN, -INF
@@ -168,17 +174,18 @@ def test_many_tiles_and_programs(small_tiles):
 
 
 @pytest.mark.parametrize("poison", [NAN, -3e38, 3e38])
-def test_every_output_and_partial_is_written(small_tiles, monkeypatch, poison):
-    """Uninitialised memory is poisoned: an element the kernel forgets shows in the result."""
-    empty = torch.empty
+def test_every_partial_is_written(small_tiles, monkeypatch, poison):
+    """Stale workspace memory is poisoned: a partial the kernel forgets shows in the result."""
+    real = kernel.workspace
 
-    def poisoned(*args, **kwargs):
-        return empty(*args, **kwargs).fill_(poison)
+    def poisoned(device, name, numel, dtype):
+        buffer = real(device, name, numel, dtype)
+        return buffer.fill_(poison) if name == "aminmax_partials" else buffer
 
     x = with_nonfinite(data((37, 61)))
-    monkeypatch.setattr(torch, "empty", poisoned)
+    monkeypatch.setattr(kernel, "workspace", poisoned)
     with use_backend("triton"):
-        check(x, 0, *UNSET, None)
+        check(x, 0, *unset(x, 0), None)
         check(x, 1, *running_for(x, 1), 0.5)
 
 
@@ -186,13 +193,16 @@ def test_every_output_and_partial_is_written(small_tiles, monkeypatch, poison):
 def test_opcheck(backend, ch_axis):
     x = with_nonfinite(data((5, 7)))
     op = torch.ops.tritonobs.aminmax_per_channel.default
-    torch.library.opcheck(op, (x, ch_axis, *UNSET, None))
-    torch.library.opcheck(op, (x.t(), ch_axis, *running_for(x.t(), ch_axis), 0.01))
+    count = torch.zeros((), dtype=torch.int64)
+    torch.library.opcheck(op, (x, ch_axis, *unset(x, ch_axis), count, None))
+    torch.library.opcheck(op, (x.t(), ch_axis, *running_for(x.t(), ch_axis), count, 0.01))
 
 
 def test_rejects_bad_axis_and_running_shape():
     x = data((3, 4))
     with pytest.raises(ValueError, match="ch_axis"):
-        aminmax_per_channel_triton(x, 2, *UNSET, None)
+        aminmax_per_channel_triton(x, 2, *unset(x, 0), torch.tensor(0), None)
     with pytest.raises(ValueError, match="running"):
-        aminmax_per_channel_triton(x, 0, torch.zeros(4), torch.zeros(4), None)
+        aminmax_per_channel_triton(x, 0, torch.zeros(4), torch.zeros(4), torch.tensor(0), None)
+    with pytest.raises(ValueError, match="running"):
+        aminmax_per_channel_triton(x, 0, torch.empty(0), torch.empty(0), torch.tensor(0), None)

@@ -185,26 +185,30 @@ def test_observer_code_does_not_branch_on_device(module):
     assert compares == []
 
 
+def _count():
+    return torch.zeros((), dtype=torch.int64)
+
+
 def _aminmax_samples():
     inf = torch.tensor(float("inf"))
     x = torch.randn(5, 7)
-    yield (x, inf, -inf, None)
-    yield (x.t(), torch.tensor(-0.5), torch.tensor(0.5), None)
-    yield (x.to(torch.bfloat16), torch.tensor(-0.5), torch.tensor(0.5), 0.25)
-    yield (torch.tensor([1.0, float("nan"), -float("inf")]), inf, -inf, None)
-    yield (x.half()[:, ::2], inf, -inf, 0.01)
+    yield (x, inf, -inf, _count(), None)
+    yield (x.t(), torch.tensor(-0.5), torch.tensor(0.5), _count(), None)
+    yield (x.to(torch.bfloat16), torch.tensor(-0.5), torch.tensor(0.5), _count(), 0.25)
+    yield (torch.tensor([1.0, float("nan"), -float("inf")]), inf, -inf, _count(), None)
+    yield (x.half()[:, ::2], inf, -inf, _count(), 0.01)
 
 
 def _aminmax_per_channel_samples():
     x = torch.randn(2, 3, 5)
-    empty = torch.empty(0)
-    yield (x, 1, empty, empty, None)
-    yield (x, -1, torch.full((5,), -0.1), torch.full((5,), 0.1), None)
-    yield (x.transpose(0, 2), 0, torch.zeros(5), torch.ones(5), 0.5)
-    yield (x.to(torch.bfloat16), 2, empty, empty, 0.01)
+    inf = float("inf")
+    yield (x, 1, torch.full((3,), inf), torch.full((3,), -inf), _count(), None)
+    yield (x, -1, torch.full((5,), -0.1), torch.full((5,), 0.1), _count(), None)
+    yield (x.transpose(0, 2), 0, torch.zeros(5), torch.ones(5), _count(), 0.5)
+    yield (x.to(torch.bfloat16), 2, torch.full((5,), inf), torch.full((5,), -inf), _count(), 0.01)
     with_nan = x.clone()
     with_nan[0, 1, 2] = float("nan")
-    yield (with_nan, 1, torch.zeros(3), torch.ones(3), None)
+    yield (with_nan, 1, torch.zeros(3), torch.ones(3), _count(), None)
 
 
 @pytest.mark.parametrize(

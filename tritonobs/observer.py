@@ -2,8 +2,8 @@
 
 Same names, constructor arguments, buffers, state_dict format and ``calculate_qparams`` results as
 the installed torch.ao. Forward never synchronizes with the host and traces under
-``torch.compile(fullgraph=True)``: statistics come from the ``tritonobs::*`` ops (Triton on CUDA,
-torch ops on CPU) and are copied into the buffers.
+``torch.compile(fullgraph=True)``: each forward is one ``tritonobs::*`` op (Triton on CUDA, torch
+ops on CPU) that updates the observer's buffers in place.
 
 NaN/inf policy: non-finite input values never reach min/max or a histogram. They are skipped and
 counted in the non-persistent buffer ``nonfinite_count``; a batch with no finite value leaves the
@@ -145,12 +145,16 @@ class MinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBase):
         self._check_input(x_orig)
         if x_orig.numel() == 0:
             return x_orig
-        new_min, new_max, nonfinite = torch.ops.tritonobs.aminmax.default(
-            x_orig.detach(), self.min_val, self.max_val, self._averaging_constant
+        # One dict instead of an nn.Module.__getattr__ per buffer: the host path of a CUDA
+        # forward is counted in microseconds.
+        buffers = self._buffers
+        torch.ops.tritonobs.aminmax.default(
+            x_orig.detach(),
+            buffers["min_val"],
+            buffers["max_val"],
+            buffers["nonfinite_count"],
+            self._averaging_constant,
         )
-        self.min_val.copy_(new_min)
-        self.max_val.copy_(new_max)
-        self.nonfinite_count.add_(nonfinite)
         return x_orig
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
@@ -301,23 +305,44 @@ class PerChannelMinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBas
             )
         axis = self.ch_axis % ndim
         channels = x_orig.shape[axis]
-        if self.min_val.numel() != 0 and self.min_val.shape[0] != channels:
+        buffers = self._buffers  # see MinMaxObserver.forward
+        min_val, max_val = buffers["min_val"], buffers["max_val"]
+        observed = min_val.shape[0]
+        if observed == channels:
+            torch.ops.tritonobs.aminmax_per_channel.default(
+                x_orig.detach(),
+                axis,
+                min_val,
+                max_val,
+                buffers["nonfinite_count"],
+                self._averaging_constant,
+            )
+            return x_orig
+        if observed != 0:
             raise ValueError(
-                f"{type(self).__name__}: has observed {self.min_val.shape[0]} channels on axis "
+                f"{type(self).__name__}: has observed {observed} channels on axis "
                 f"{self.ch_axis}; this batch has {channels} (shape {tuple(x_orig.shape)})"
             )
-        new_min, new_max, nonfinite = torch.ops.tritonobs.aminmax_per_channel.default(
-            x_orig.detach(), axis, self.min_val, self.max_val, self._averaging_constant
+        # First batch: the [0]-shaped buffers become [C]. Their data is swapped, not the tensors
+        # (a DataParallel replica shares them, as torch.ao's resize_ does); torch.compile traces
+        # neither resize_ nor set_ on a buffer mutated in the same graph, hence the fresh tensors
+        # and the copies.
+        first_min = torch.full(
+            (channels,), float("inf"), dtype=min_val.dtype, device=min_val.device
         )
-        if self.min_val.shape != new_min.shape:
-            # First batch: the [0]-shaped buffers take the [C] results (no resize_, which
-            # torch.compile cannot trace on a buffer).
-            self.min_val = new_min.to(self.min_val.dtype)
-            self.max_val = new_max.to(self.max_val.dtype)
-        else:
-            self.min_val.copy_(new_min)
-            self.max_val.copy_(new_max)
-        self.nonfinite_count.add_(nonfinite)
+        first_max = torch.full(
+            (channels,), float("-inf"), dtype=max_val.dtype, device=max_val.device
+        )
+        torch.ops.tritonobs.aminmax_per_channel.default(
+            x_orig.detach(),
+            axis,
+            first_min,
+            first_max,
+            buffers["nonfinite_count"],
+            self._averaging_constant,
+        )
+        min_val.data = first_min.clone()
+        max_val.data = first_max.clone()
         return x_orig
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
@@ -347,12 +372,9 @@ class PerChannelMinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBas
             key = prefix + name
             if key in state_dict:
                 current = getattr(self, name)
-                # The buffers are [0] before the first batch: take the saved shape.
-                setattr(
-                    self,
-                    name,
-                    torch.empty(state_dict[key].shape, dtype=current.dtype, device=current.device),
-                )
+                # The buffers are [0] before the first batch: take the saved shape (in place,
+                # as torch.ao's resize_).
+                current.data = current.new_empty(state_dict[key].shape)
             elif strict:
                 missing_keys.append(key)
         super()._load_from_state_dict(
@@ -360,9 +382,9 @@ class PerChannelMinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBas
         )
 
     def reset_min_max_vals(self) -> None:
-        """Back to the uninitialised ``[0]``-shaped buffers."""
-        self.min_val = self.min_val.new_empty(0)
-        self.max_val = self.max_val.new_empty(0)
+        """Back to the uninitialised ``[0]``-shaped buffers (the same tensors)."""
+        self.min_val.data = self.min_val.new_empty(0)
+        self.max_val.data = self.max_val.new_empty(0)
 
 
 class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):

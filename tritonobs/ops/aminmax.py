@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from tritonobs.ops._dispatch import define_op
 
 
-def update_running(
+def update_running_(
     batch_min: torch.Tensor,
     batch_max: torch.Tensor,
     running_min: torch.Tensor,
     running_max: torch.Tensor,
     averaging_constant: float | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold one batch's min/max into the running state, elementwise, in float32.
+) -> None:
+    """Fold one batch's min/max into the running state in place, elementwise, in float32.
 
     ``averaging_constant=None`` keeps the running min/max; a number ``c`` keeps the moving average
     ``running + c * (batch - running)`` (torch.ao's arithmetic, rounded after each operation), where
@@ -29,16 +30,52 @@ def update_running(
     """
     if averaging_constant is None:
         # A batch without finite values has (+inf, -inf), which leaves min/max as they were.
-        return torch.minimum(batch_min, running_min), torch.maximum(batch_max, running_max)
-    uninitialised = (running_min == float("inf")) & (running_max == float("-inf"))
+        torch.minimum(running_min, batch_min, out=running_min)
+        torch.maximum(running_max, batch_max, out=running_max)
+        return
+    old_min, old_max = running_min.float(), running_max.float()
+    uninitialised = (old_min == float("inf")) & (old_max == float("-inf"))
     new_min = torch.where(
-        uninitialised, batch_min, running_min + averaging_constant * (batch_min - running_min)
+        uninitialised, batch_min, old_min + averaging_constant * (batch_min - old_min)
     )
     new_max = torch.where(
-        uninitialised, batch_max, running_max + averaging_constant * (batch_max - running_max)
+        uninitialised, batch_max, old_max + averaging_constant * (batch_max - old_max)
     )
     seen = batch_min <= batch_max
-    return torch.where(seen, new_min, running_min), torch.where(seen, new_max, running_max)
+    running_min.copy_(torch.where(seen, new_min, old_min))
+    running_max.copy_(torch.where(seen, new_max, old_max))
+
+
+def update_running_scalar_(
+    batch_min: float,
+    batch_max: float,
+    running_min: torch.Tensor,
+    running_max: torch.Tensor,
+    averaging_constant: float | None,
+) -> None:
+    """:func:`update_running_` for one running value, with the batch's min/max as host floats.
+
+    The arithmetic is float32 (numpy scalars round after each operation, as torch's float32
+    kernels do), and a buffer is written only when its value changes.
+    """
+    if batch_min > batch_max:
+        return
+    old_min, old_max = float(running_min), float(running_max)
+    if averaging_constant is None:
+        # NaN in the running value stays (torch.minimum propagates it): the comparison is false.
+        if batch_min < old_min:
+            running_min.fill_(batch_min)
+        if batch_max > old_max:
+            running_max.fill_(batch_max)
+        return
+    if old_min == math.inf and old_max == -math.inf:
+        running_min.fill_(batch_min)
+        running_max.fill_(batch_max)
+        return
+    c = np.float32(averaging_constant)
+    low, high = np.float32(old_min), np.float32(old_max)
+    running_min.fill_(float(low + c * (np.float32(batch_min) - low)))
+    running_max.fill_(float(high + c * (np.float32(batch_max) - high)))
 
 
 def all_finite(batch_min: torch.Tensor, batch_max: torch.Tensor) -> bool:
@@ -49,8 +86,6 @@ def all_finite(batch_min: torch.Tensor, batch_max: torch.Tensor) -> bool:
     only costs the masked pass.
     The torch path synchronizes here on CUDA; the Triton path never does.
     """
-    if batch_min.dim() == 0:
-        return math.isfinite(float(batch_min)) and math.isfinite(float(batch_max))
     return math.isfinite(float((batch_max - batch_min).sum()))
 
 
@@ -64,49 +99,67 @@ def aminmax_torch(
     x: torch.Tensor,
     running_min: torch.Tensor,
     running_max: torch.Tensor,
+    nonfinite_count: torch.Tensor,
     averaging_constant: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Torch reference of :func:`aminmax`."""
-    batch_min, batch_max = torch.aminmax(x)
-    batch_min, batch_max = batch_min.to(torch.float32), batch_max.to(torch.float32)
-    nonfinite = torch.zeros((), dtype=torch.int64, device=x.device)
-    if not all_finite(batch_min, batch_max):
+) -> None:
+    """Torch reference of :func:`aminmax`: the batch's min/max, the rest on host floats.
+
+    The batch's min/max are read on the host (free on CPU; a sync on CUDA, where the Triton
+    launcher runs instead), so a clean batch costs its reductions and at most two ``fill_``.
+    """
+    if x.dtype == torch.float32:
+        # Measured on CPU: amin + amax beat aminmax on float32 (up to 1.7x at 1M values), aminmax
+        # beats them 3-5x on float16/bfloat16.
+        batch_min, batch_max = x.amin(), x.amax()
+    else:
+        batch_min, batch_max = torch.aminmax(x)
+    if x.dtype == torch.float64:
+        # Compared in float32: values beyond its range become inf (non-finite).
+        batch_min, batch_max = batch_min.float(), batch_max.float()
+    low, high = float(batch_min), float(batch_max)
+    if not (math.isfinite(low) and math.isfinite(high)):
         x32, finite = finite_float32(x)
-        nonfinite = (~finite).sum()
-        batch_min = torch.where(finite, x32, float("inf")).amin()
-        batch_max = torch.where(finite, x32, float("-inf")).amax()
-    new_min, new_max = update_running(
-        batch_min, batch_max, running_min, running_max, averaging_constant
-    )
-    return new_min, new_max, nonfinite
+        skipped = x.numel() - int(finite.sum())
+        nonfinite_count.add_(skipped)
+        if skipped == x.numel():
+            return
+        low = float(torch.where(finite, x32, math.inf).amin())
+        high = float(torch.where(finite, x32, -math.inf).amax())
+    update_running_scalar_(low, high, running_min, running_max, averaging_constant)
 
 
 def aminmax(
     x: torch.Tensor,
     running_min: torch.Tensor,
     running_max: torch.Tensor,
+    nonfinite_count: torch.Tensor,
     averaging_constant: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Running per-tensor min/max of ``x``'s finite values, folded into the running state.
+) -> None:
+    """Fold the finite values of ``x`` into a running per-tensor min/max, in place.
 
     Args:
         x: a floating-point tensor (float16, bfloat16, float32, float64) of any shape and strides,
             with at least one element. Values are compared in float32.
-        running_min: 0-d float32, ``+inf`` while uninitialised.
-        running_max: 0-d float32, ``-inf`` while uninitialised.
+        running_min: 0-d float32 (float64 holds float32 values), ``+inf`` while uninitialised;
+            updated in place.
+        running_max: 0-d, ``-inf`` while uninitialised; updated in place.
+        nonfinite_count: 0-d int64, incremented by the number of NaN/inf values skipped.
         averaging_constant: ``None`` for the running min/max (MinMaxObserver), or the moving-average
             constant (MovingAverageMinMaxObserver).
-
-    Returns:
-        ``(new_min, new_max, nonfinite)``: the new running min/max (0-d float32) and the number of
-        NaN/inf values skipped (0-d int64).
     """
-    return torch.ops.tritonobs.aminmax.default(x, running_min, running_max, averaging_constant)
+    torch.ops.tritonobs.aminmax.default(
+        x, running_min, running_max, nonfinite_count, averaging_constant
+    )
 
 
-def _aminmax_fake(x, running_min, running_max, averaging_constant):
-    scalar = x.new_empty((), dtype=torch.float32)
-    return scalar, torch.empty_like(scalar), x.new_empty((), dtype=torch.int64)
+def _aminmax_fake(x, running_min, running_max, nonfinite_count, averaging_constant):
+    return None
 
 
-define_op(aminmax, aminmax_torch, "aminmax:aminmax_triton", _aminmax_fake)
+define_op(
+    aminmax,
+    aminmax_torch,
+    "aminmax:aminmax_triton",
+    _aminmax_fake,
+    mutates_args=("running_min", "running_max", "nonfinite_count"),
+)

@@ -7,7 +7,7 @@ import math
 import torch
 
 from tritonobs.ops._dispatch import define_op
-from tritonobs.ops.aminmax import all_finite, finite_float32, update_running
+from tritonobs.ops.aminmax import all_finite, finite_float32, update_running_
 
 
 def channel_view(x: torch.Tensor, ch_axis: int) -> torch.Tensor:
@@ -30,8 +30,9 @@ def aminmax_per_channel_torch(
     ch_axis: int,
     running_min: torch.Tensor,
     running_max: torch.Tensor,
+    nonfinite_count: torch.Tensor,
     averaging_constant: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> None:
     """Torch reference of :func:`aminmax_per_channel`."""
     y = channel_view(x, normalize_axis(ch_axis, x.dim()))
     outer, _, inner = y.shape
@@ -44,19 +45,12 @@ def aminmax_per_channel_torch(
         dims = (0, 2)
     batch_min, batch_max = y.amin(dim=dims), y.amax(dim=dims)
     batch_min, batch_max = batch_min.to(torch.float32), batch_max.to(torch.float32)
-    nonfinite = torch.zeros((), dtype=torch.int64, device=x.device)
     if not all_finite(batch_min, batch_max):
         y32, finite = finite_float32(y)
-        nonfinite = (~finite).sum()
+        nonfinite_count.add_(y.numel() - int(finite.sum()))
         batch_min = torch.where(finite, y32, float("inf")).amin(dim=dims)
         batch_max = torch.where(finite, y32, float("-inf")).amax(dim=dims)
-    if running_min.numel() == 0:
-        running_min = torch.full_like(batch_min, float("inf"))
-        running_max = torch.full_like(batch_max, float("-inf"))
-    new_min, new_max = update_running(
-        batch_min, batch_max, running_min, running_max, averaging_constant
-    )
-    return new_min, new_max, nonfinite
+    update_running_(batch_min, batch_max, running_min, running_max, averaging_constant)
 
 
 def aminmax_per_channel(
@@ -64,33 +58,31 @@ def aminmax_per_channel(
     ch_axis: int,
     running_min: torch.Tensor,
     running_max: torch.Tensor,
+    nonfinite_count: torch.Tensor,
     averaging_constant: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Running min/max of ``x``'s finite values per index of ``ch_axis``.
+) -> None:
+    """Fold the finite values of ``x`` into a running min/max per index of ``ch_axis``, in place.
 
     ``x`` is read as an ``[outer, C, inner]`` view; nothing is permuted.
 
     Args:
         x: floating-point tensor (float16, bfloat16, float32, float64), at least one element.
         ch_axis: channel axis, negative counts from the end.
-        running_min: float32 ``[C]``, or ``[0]`` before the first batch. ``+inf`` marks a channel
-            that has not seen a finite value.
-        running_max: float32 ``[C]`` or ``[0]``, ``-inf`` likewise.
+        running_min: float32 ``[C]`` (float64 holds float32 values), updated in place. ``+inf``
+            marks a channel that has not seen a finite value.
+        running_max: float32 ``[C]``, ``-inf`` likewise.
+        nonfinite_count: 0-d int64, incremented by the number of NaN/inf values skipped.
         averaging_constant: ``None`` for min/max, the moving-average constant otherwise.
-
-    Returns:
-        ``(new_min [C], new_max [C], nonfinite)``, float32, float32 and a 0-d int64 count of the
-        NaN/inf values skipped.
     """
-    return torch.ops.tritonobs.aminmax_per_channel.default(
-        x, ch_axis, running_min, running_max, averaging_constant
+    torch.ops.tritonobs.aminmax_per_channel.default(
+        x, ch_axis, running_min, running_max, nonfinite_count, averaging_constant
     )
 
 
-def _aminmax_per_channel_fake(x, ch_axis, running_min, running_max, averaging_constant):
-    channels = x.shape[normalize_axis(ch_axis, x.dim())]
-    vec = x.new_empty((channels,), dtype=torch.float32)
-    return vec, torch.empty_like(vec), x.new_empty((), dtype=torch.int64)
+def _aminmax_per_channel_fake(
+    x, ch_axis, running_min, running_max, nonfinite_count, averaging_constant
+):
+    return None
 
 
 define_op(
@@ -98,4 +90,5 @@ define_op(
     aminmax_per_channel_torch,
     "aminmax_per_channel:aminmax_per_channel_triton",
     _aminmax_per_channel_fake,
+    mutates_args=("running_min", "running_max", "nonfinite_count"),
 )
