@@ -21,7 +21,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--bench-profile",
         default=None,
-        help="benchmark profile: cuda, cpu, tiny, gpu_check, gpu_check_dry "
+        help="benchmark profile: cuda, cpu, cpu2, tiny, gpu_check, gpu_check_dry "
         "(default: TRITONOBS_BENCH_PROFILE, else cuda with a GPU, else cpu)",
     )
 

@@ -37,6 +37,8 @@ BENCH_ORDER = (
     "test_bench_aminmax.py",
     "test_bench_aminmax_per_channel.py",
     "test_bench_observers.py",
+    "test_bench_host_path.py",
+    "test_bench_calibrate.py",
     "test_bench_histogram_update.py",
     "test_bench_histogram_search.py",
     "test_bench_histc.py",
