@@ -4,7 +4,10 @@
   on shapes too large for the interpreter;
 * every observer's forward under ``torch.cuda.set_sync_debug_mode("error")`` (a host sync raises),
   with the resulting state and qparams compared with torch.ao;
-* a CUDA-graph capture of each observer's forward, replayed on new batches, against eager.
+* a CUDA-graph capture of each observer's in-place forward, replayed 100 times on new batches,
+  against eager, the buffers the same tensors throughout;
+* the kernels a steady forward launches, counted by the profiler (1 per min/max observer, 3 per
+  HistogramObserver), and a forward on ``cuda:1`` while ``cuda:0`` is current (two GPUs only).
 
 Marked ``gpu`` and skipped without CUDA, and on CUDA while ``TRITON_INTERPRET`` is on (the plain
 test run interprets; ``gpu_check.sh`` turns it off). ``gpu_check.sh --dry-run`` sets
@@ -72,6 +75,8 @@ SHAPES = [(4096, 4096), (3, 1000, 333)] if ON_CUDA else [(3, 4, 17)]
 HISTOGRAM_SHAPES = SHAPES[-1:]
 # bfloat16 is the awkward one for the interpreter (converted right after the load).
 DTYPES = [torch.float32, torch.bfloat16, torch.float16] if ON_CUDA else [torch.bfloat16]
+# CUDA-graph replays of each observer's captured forward.
+REPLAYS = 100
 
 OBSERVERS: list[tuple[str, dict[str, Any]]] = [
     ("MinMaxObserver", {}),
@@ -202,16 +207,71 @@ def test_cuda_graph_replay_matches_eager(observer):
     torch.cuda.current_stream().wait_stream(side)
     eager(data[0])
 
+    buffers = {key: id(value) for key, value in graphed.named_buffers()}
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         graphed(static_x)
-    for x in data[1:]:
+    # The in-place forward replays on the buffers captured: REPLAYS batches, the poisoned one
+    # (NaN, +inf, -inf) every second time.
+    for step in range(REPLAYS):
+        x = data[1 + step % 2]
         static_x.copy_(x)
         graph.replay()
         eager(x)
     torch.cuda.synchronize()
+    assert {key: id(value) for key, value in graphed.named_buffers()} == buffers
     assert_same_state(graphed, eager, name)
-    assert int(graphed.nonfinite_count) == int(eager.nonfinite_count) == 3
+    assert int(graphed.nonfinite_count) == int(eager.nonfinite_count) == 3 * (REPLAYS // 2)
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="counts CUDA kernels with the profiler")
+@pytest.mark.parametrize("observer", OBSERVERS, ids=observer_id)
+def test_steady_forward_launches(observer):
+    """One kernel per min/max forward, at most three per histogram forward (range not growing),
+    counted by the profiler on the device."""
+    from torch.profiler import DeviceType, ProfilerActivity, profile
+
+    name, kwargs = observer
+    x = batches(SHAPES[-1], torch.bfloat16)[0]
+    obs = getattr(tritonobs, name)(**kwargs).to(DEVICE)
+    obs(x)
+    obs(x)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        obs(x)
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
+    assert len(kernels) == (3 if name == "HistogramObserver" else 1), kernels
+
+
+@pytest.mark.skipif(not ON_CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("observer", OBSERVERS, ids=observer_id)
+def test_forward_runs_on_the_inputs_device(observer):
+    """An observer on cuda:1 while cuda:0 is current: the kernels run where the tensors are."""
+    name, kwargs = observer
+    second = torch.device("cuda", 1)
+    data = [x.to(second) for x in batches(SHAPES[-1], torch.float32)]
+    with torch.cuda.device(0):
+        obs = getattr(tritonobs, name)(**kwargs).to(second)
+        for x in data:
+            obs(x)
+    with use_backend("torch"):
+        reference = getattr(tritonobs, name)(**kwargs)
+        for x in data:
+            reference(x.cpu())
+    assert_same_state(obs, reference, name)
+
+
+def copies(state: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Copies of a running state on ``device`` (an op updates them in place)."""
+    return tuple(t.to(device, copy=True) for t in state)
+
+
+def unset(channels: int | None) -> tuple[torch.Tensor, ...]:
+    """A CPU running state that has seen nothing: (+inf, -inf, 0 skipped), 0-d or ``[C]``."""
+    shape = () if channels is None else (channels,)
+    inf = torch.full(shape, float("inf"))
+    return inf, -inf, torch.zeros((), dtype=torch.int64)
 
 
 @pytest.mark.parametrize("averaging_constant", [None, 0.01])
@@ -219,13 +279,13 @@ def test_cuda_graph_replay_matches_eager(observer):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_aminmax_kernel_matches_reference(shape, dtype, averaging_constant):
     first, wider, poisoned = batches(shape, dtype)
-    inf = torch.tensor(float("inf"))
-    state = aminmax_torch(first.cpu(), inf, -inf, averaging_constant)[:2]
+    state = unset(None)
+    aminmax_torch(first.cpu(), *state, averaging_constant)
     for x in (wider, poisoned, wider.transpose(0, -1)):
-        got = torch.ops.tritonobs.aminmax(
-            x, state[0].to(DEVICE), state[1].to(DEVICE), averaging_constant
-        )
-        expected = aminmax_torch(x.cpu(), *state, averaging_constant)
+        got = copies(state, DEVICE)
+        torch.ops.tritonobs.aminmax(x, *got, averaging_constant)
+        expected = copies(state, torch.device("cpu"))
+        aminmax_torch(x.cpu(), *expected, averaging_constant)
         for g, e in zip(got, expected, strict=True):
             torch.testing.assert_close(g.cpu(), e, atol=0, rtol=0)
 
@@ -235,26 +295,19 @@ def test_aminmax_kernel_matches_reference(shape, dtype, averaging_constant):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_aminmax_per_channel_kernel_matches_reference(shape, dtype, averaging_constant):
     first, wider, poisoned = batches(shape, dtype)
+    cpu = torch.device("cpu")
     for ch_axis in [*range(len(shape)), -1]:
-        empty = torch.empty(0)
-        state = aminmax_per_channel_torch(first.cpu(), ch_axis, empty, empty, averaging_constant)
-        for x in (wider, poisoned):
-            got = torch.ops.tritonobs.aminmax_per_channel(
-                x, ch_axis, state[0].to(DEVICE), state[1].to(DEVICE), averaging_constant
-            )
-            expected = aminmax_per_channel_torch(
-                x.cpu(), ch_axis, state[0], state[1], averaging_constant
-            )
+        state = unset(shape[ch_axis])
+        aminmax_per_channel_torch(first.cpu(), ch_axis, *state, averaging_constant)
+        # A permuted (non-contiguous) view too, channel axis moved.
+        for x in (wider, poisoned, wider.transpose(0, -1)):
+            start = state if x.shape == first.shape else unset(x.shape[ch_axis])
+            got = copies(start, DEVICE)
+            torch.ops.tritonobs.aminmax_per_channel(x, ch_axis, *got, averaging_constant)
+            expected = copies(start, cpu)
+            aminmax_per_channel_torch(x.cpu(), ch_axis, *expected, averaging_constant)
             for g, e in zip(got, expected, strict=True):
                 torch.testing.assert_close(g.cpu(), e, atol=0, rtol=0)
-        # A permuted (non-contiguous) view, channel axis moved.
-        x = wider.transpose(0, -1)
-        got = torch.ops.tritonobs.aminmax_per_channel(
-            x, ch_axis, empty.to(DEVICE), empty.to(DEVICE), None
-        )
-        expected = aminmax_per_channel_torch(x.cpu(), ch_axis, empty, empty, None)
-        for g, e in zip(got, expected, strict=True):
-            torch.testing.assert_close(g.cpu(), e, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("bins", [256, 2048])
