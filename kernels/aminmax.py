@@ -50,6 +50,9 @@ INTERPRETER_PROGRAMS = 16
 MAX_ROW_AXES = 3
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Compile options of every launch, and of every COMPILE_SPECS entry (one source for both). No FMA
+# contraction: the EMA rounds after each operation, as torch does.
+OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 
 
 @triton.jit
@@ -454,8 +457,7 @@ def launch_for(x: torch.Tensor, ch_axis: int | None, ema: bool) -> Launch:
             **plan.args,
             **plan.constexprs,
             "EMA": ema,
-            "num_warps": NUM_WARPS,
-            "enable_fp_fusion": False,  # EMA: round after each op, as torch does
+            **OPTIONS,
         }
         launch = Launch(
             plan=plan,
@@ -558,8 +560,7 @@ def _spec(
             )
     constexprs |= {"EMA": False} | flags
     signature |= dict.fromkeys(constexprs, "constexpr")
-    options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
-    return _aminmax_kernel, signature, constexprs, options
+    return _aminmax_kernel, signature, constexprs, OPTIONS
 
 
 COMPILE_SPECS = [
