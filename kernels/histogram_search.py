@@ -15,10 +15,13 @@ import torch
 import triton
 import triton.language as tl
 
+from tritonobs.kernels._launch import device_guard
 from tritonobs.kernels.quantization_error import quantization_error_triton
 from tritonobs.ops.histogram_search import histogram_search_torch, range_of_bins, search_path
 
 BLOCK = 1024
+# Compile options of the launch and of its COMPILE_SPECS entry (one source for both).
+OPTIONS = {"num_warps": 4, "enable_fp_fusion": False}
 # The first batch is small because the walk usually stops within a few moves; on a GPU a longer
 # batch costs little and each batch costs a host round-trip, so later batches grow fast.
 FIRST_BATCH = 8
@@ -72,7 +75,7 @@ COMPILE_SPECS = [
             "BLOCK": "constexpr",
         },
         {"BLOCK": BLOCK},
-        {"num_warps": 4},
+        OPTIONS,
     )
 ]
 
@@ -111,9 +114,10 @@ def histogram_search_triton(
         errors = quantization_error_triton(
             histogram, min_val, max_val, bounds[0], bounds[1], dst_nbins
         )
-        _histogram_search_kernel[(1,)](
-            errors, bounds, len(candidates), norm_min, chosen, stopped, BLOCK=BLOCK, num_warps=4
-        )
+        with device_guard(device):
+            _histogram_search_kernel[(1,)](
+                errors, bounds, len(candidates), norm_min, chosen, stopped, BLOCK=BLOCK, **OPTIONS
+            )
         if len(candidates) < batch or stopped.item():
             break
         batch *= BATCH_GROWTH

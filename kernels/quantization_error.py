@@ -6,11 +6,15 @@ import torch
 import triton
 import triton.language as tl
 
+from tritonobs.kernels._launch import cdiv, device_guard
 from tritonobs.ops.quantization_error import quantization_error_torch
 
 BLOCK_K = 8
 BLOCK_BINS = 256
 NUM_WARPS = 8
+# Compile options of the launch and of its COMPILE_SPECS entry (one source for both); no FMA
+# contraction, so the errors round as the torch reference's.
+OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 
 
 @triton.jit
@@ -119,7 +123,7 @@ COMPILE_SPECS = [
             "BLOCK_BINS": "constexpr",
         },
         {"BLOCK_K": BLOCK_K, "BLOCK_BINS": BLOCK_BINS},
-        {"num_warps": NUM_WARPS, "enable_fp_fusion": False},
+        OPTIONS,
     )
 ]
 
@@ -154,19 +158,19 @@ def quantization_error_triton(
     errors = torch.empty(k, dtype=torch.float32, device=histogram.device)
     if k == 0:
         return errors
-    _quantization_error_kernel[(triton.cdiv(k, BLOCK_K),)](
-        histogram.contiguous(),
-        min_val,
-        max_val,
-        start_bins.contiguous(),
-        end_bins.contiguous(),
-        errors,
-        histogram.numel(),
-        k,
-        dst_nbins,
-        BLOCK_K=BLOCK_K,
-        BLOCK_BINS=BLOCK_BINS,
-        num_warps=NUM_WARPS,
-        enable_fp_fusion=False,
-    )
+    with device_guard(histogram.device):
+        _quantization_error_kernel[(cdiv(k, BLOCK_K),)](
+            histogram.contiguous(),
+            min_val,
+            max_val,
+            start_bins.contiguous(),
+            end_bins.contiguous(),
+            errors,
+            histogram.numel(),
+            k,
+            dst_nbins,
+            BLOCK_K=BLOCK_K,
+            BLOCK_BINS=BLOCK_BINS,
+            **OPTIONS,
+        )
     return errors
