@@ -54,11 +54,20 @@ def test_histogram_update(benchmark, mode, data, shape, dtype, provider, profile
             torch.zeros(bins, device=device),
             torch.tensor(float("inf"), device=device),
             torch.tensor(float("-inf"), device=device),
+            torch.zeros((), dtype=torch.int64, device=device),
         )
         for x in warm_up:
-            state = op(x, *state, 16)[:3]
-        # Functional op: each call starts from the same state, so "growing" grows every time.
-        return Workload(lambda x: op(x, *state, 16), lambda: (cycle.next(),))
+            op(x, *state, 16)
+        saved = [buf.clone() for buf in state]
+
+        def restore_state() -> tuple[torch.Tensor]:
+            # The op updates the buffers in place: "growing" starts each call from the same state.
+            if mode == "growing":
+                for buf, value in zip(state, saved, strict=True):
+                    buf.copy_(value)
+            return (cycle.next(),)
+
+        return Workload(lambda x: op(x, *state, 16), restore_state)
 
     case = Case(
         key=f"histogram_update/{mode}/{data}/{shape_name(shape)}/{dtype_name(dtype)}",

@@ -1,28 +1,34 @@
 """``torch.histc``-exact binning into integer counters: ``tritonobs::histc`` and HistogramObserver's passes.
 
-Two streaming kernels, shared by ``histc`` and ``histogram_update``:
-
-* :func:`_histogram_stats_kernel`: per-program min/max of the finite values and the count of
-  NaN/inf, fused (``COUNT``) with the histogram of the values over the current range: in the
-  observer's steady state (the range does not grow) this is the only pass over the input.
-* :func:`_histc_kernel`: the histogram over a range decided on the device: ``[lo, hi]`` (``histc``;
-  ``lo == hi`` becomes the finite min/max of ``x``, as ``torch.histc`` does), or (``UPDATE``) the
-  observer's grown range, exiting at once when the range did not grow.
+* :func:`_histogram_stats_kernel`: per-program min/max of the finite values, fused (``COUNT``, the
+  observer's pass) with the NaN/inf count and the histogram of the values over the current range:
+  in the observer's steady state (the range does not grow) this is the only pass over the input.
+* :func:`_histc_kernel`: ``histc``'s histogram over ``[lo, hi]`` (``lo == hi`` becomes the finite
+  min/max of ``x``, as ``torch.histc`` does). Its counting loop, :func:`_count_tiles`, is also the
+  observer's re-pass over a grown range (``kernels/histogram_update.py``).
 
 A value's bin is ``torch.histc``'s: ``trunc((v - lo) * NBINS / (hi - lo))`` in float32, in that
 order, the division rounded to nearest (``div_rn``: a plain ``/`` is approximate on the GPU), with
 ``v == hi`` in the last bin. NaN and inf fail ``|v| < inf`` (libdevice's ``isnan``/``isinf`` do not
 run under the interpreter). Counts go to int64 counters (a float32 ``+1`` stops at 2^24): up to
 ``LOCAL_HIST_MAX_BINS`` bins through a per-program register histogram (``tl.histogram``) flushed
-with one atomic per bin, beyond that with one atomic per value. The range comes from device tensors
-(a Python float argument would stay float64 under the interpreter and shift bins).
+with one atomic per non-empty bin, beyond that with one atomic per value. The range comes from
+device tensors (a Python float argument would stay float64 under the interpreter and shift bins).
+
+Host side: grids are plain integers (``tritonobs.kernels._launch``), launches run under the input's
+device, and the per-program partials live in a per-device workspace (written before they are read,
+so never zeroed).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+
+from tritonobs.kernels._launch import cdiv, device_guard, next_power_of_2, sm_count, workspace
 
 # Up to this many bins a program keeps its counts in registers and flushes them once.
 LOCAL_HIST_MAX_BINS = 4096
@@ -30,38 +36,41 @@ LOCAL_HIST_MAX_BINS = 4096
 # under the interpreter, whose programs run one after another.
 BLOCK = 2048
 NUM_WARPS = 8
+PROGRAMS_PER_SM = 4
 INTERPRETER_PROGRAMS = 16
 
 
 def max_programs(device: torch.device) -> int:
     """Upper bound on the programs of a streaming launch over ``device`` tensors."""
     if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+        return PROGRAMS_PER_SM * sm_count(device)
     return INTERPRETER_PROGRAMS
 
 
 def stream_grid(numel: int, device: torch.device) -> tuple[int, int]:
     """``(programs, tiles_per_program)`` covering ``numel`` elements in tiles of ``BLOCK``."""
-    tiles = triton.cdiv(numel, BLOCK)
+    tiles = cdiv(numel, BLOCK)
     programs = max(1, min(tiles, max_programs(device)))
-    return programs, triton.cdiv(tiles, programs)
+    return programs, cdiv(tiles, programs)
 
 
 def flat_view(x: torch.Tensor) -> torch.Tensor:
-    """``x``'s elements as a contiguous 1-D tensor, in memory order when ``x`` is a dense permutation.
+    """A tensor whose memory holds ``x``'s elements contiguously (order does not matter here).
 
-    Order does not matter to a histogram or a min/max, so a transposed tensor is read in place; only
-    tensors with gaps (slices) are copied.
+    ``x`` itself when contiguous (a launch reads only its data pointer); a transposed (dense,
+    permuted) tensor as the permutation that is contiguous, read in place; only tensors with gaps
+    (slices, expanded dimensions) are copied.
     """
     if x.is_contiguous():
-        return x.view(-1)
+        return x
     order = sorted(range(x.dim()), key=lambda d: x.stride(d), reverse=True)
     permuted = x.permute(order)
     if permuted.is_contiguous():
-        return permuted.view(-1)
-    return x.contiguous().view(-1)
+        return permuted
+    return x.contiguous()
 
 
+@functools.cache
 def counting(bins: int) -> dict[str, object]:
     """The counting constexprs for ``bins`` bins: registers up to ``LOCAL_HIST_MAX_BINS``, else atomics.
 
@@ -71,7 +80,7 @@ def counting(bins: int) -> dict[str, object]:
     """
     local = bins <= LOCAL_HIST_MAX_BINS
     # At least one register bin per lane of a warp; the extra bins never receive a value.
-    acc_bins = max(triton.next_power_of_2(bins), 32) if local else 1
+    acc_bins = max(next_power_of_2(bins), 32) if local else 1
     return {"NBINS": bins, "LOCAL": local, "ACC_BINS": acc_bins}
 
 
@@ -102,27 +111,52 @@ def _reduce_partials(part_min_ptr, part_max_ptr, n_parts, PARTS_P2: tl.constexpr
 
 
 @triton.jit
-def _decide(min_ptr, max_ptr, part_min_ptr, part_max_ptr, n_parts, PARTS_P2: tl.constexpr):
-    """HistogramObserver's decision for this batch, on the device.
+def _bin(v, counted, lo, width, middle, NBINS: tl.constexpr):
+    """torch.histc's bin of each ``counted`` value, ``min(trunc((v - lo) * NBINS / width),
+    NBINS - 1)``, or the middle bin for a range that rounds to a point (others get a harmless 0)."""
+    t = tl.math.div_rn((tl.where(counted, v, lo) - lo) * NBINS, width)
+    return tl.where(middle, NBINS // 2, tl.minimum(t.to(tl.int32), NBINS - 1))
 
-    Returns:
-        ``(cur_lo, cur_hi, new_lo, new_hi, uninitialised, has_finite, grew)``: the current range,
-        the range after the batch (``[min(cur_lo, batch_min), max(cur_hi, batch_max)]``, or the
-        batch's own range on the first batch; the current range when the batch had no finite
-        value), torch.ao's "uninitialised" test, whether the batch had a finite value, and whether
-        the range changed (always on the first batch).
-    """
-    batch_lo, batch_hi = _reduce_partials(part_min_ptr, part_max_ptr, n_parts, PARTS_P2)
-    cur_lo = tl.load(min_ptr)
-    cur_hi = tl.load(max_ptr)
-    uninitialised = (cur_lo == float("inf")) | (cur_hi == float("-inf"))
-    has_finite = batch_lo <= batch_hi
-    new_lo = tl.where(uninitialised, batch_lo, tl.minimum(cur_lo, batch_lo))
-    new_hi = tl.where(uninitialised, batch_hi, tl.maximum(cur_hi, batch_hi))
-    grew = uninitialised | (new_lo != cur_lo) | (new_hi != cur_hi)
-    new_lo = tl.where(has_finite, new_lo, cur_lo)
-    new_hi = tl.where(has_finite, new_hi, cur_hi)
-    return cur_lo, cur_hi, new_lo, new_hi, uninitialised, has_finite, grew
+
+@triton.jit
+def _flush(counts_ptr, acc, NBINS: tl.constexpr, ACC_BINS: tl.constexpr):
+    """Adds a program's register histogram to the int64 counters (one atomic per non-empty bin)."""
+    bins = tl.arange(0, ACC_BINS)
+    tl.atomic_add(
+        counts_ptr + bins, acc.to(tl.int64), mask=(bins < NBINS) & (acc > 0), sem="relaxed"
+    )
+
+
+@triton.jit
+def _count_tiles(
+    x_ptr,
+    n,
+    lo,
+    hi,
+    counts_ptr,
+    pid,
+    tiles,
+    NBINS: tl.constexpr,
+    ACC_BINS: tl.constexpr,
+    LOCAL: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``counts[trunc((v - lo) * NBINS / (hi - lo))] += 1`` for the finite ``v`` in ``[lo, hi]`` of
+    program ``pid``'s ``tiles`` tiles; a single point ``c`` counts over ``[c - 1, c + 1]``."""
+    lo, hi, width, middle = _widen_degenerate(lo, hi)
+    acc = tl.zeros((ACC_BINS,), tl.int32)
+    for t in range(tiles):
+        offs = (pid * tiles + t).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        in_bounds = offs < n
+        v = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
+        counted = in_bounds & (tl.abs(v) < float("inf")) & (v >= lo) & (v <= hi)
+        b = _bin(v, counted, lo, width, middle, NBINS)
+        if LOCAL:
+            acc += tl.histogram(b, ACC_BINS, mask=counted)
+        else:
+            tl.atomic_add(counts_ptr + b, counted.to(tl.int64), mask=counted, sem="relaxed")
+    if LOCAL:
+        _flush(counts_ptr, acc, NBINS, ACC_BINS)
 
 
 @triton.jit
@@ -142,12 +176,14 @@ def _histogram_stats_kernel(
     COUNT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Per program: ``min``/``max`` of the finite values, ``sum(!finite)``, and with ``COUNT``
+    """Per program: ``part_min[pid] = min v``, ``part_max[pid] = max v`` over its finite values
+    (``+inf``/``-inf`` when none), and with ``COUNT``: ``part_nonfinite[pid] = sum(!finite)`` and
     ``counts[trunc((v - lo) * NBINS / (hi - lo))] += 1`` for finite ``v`` in the current range.
 
     ``COUNT`` (the observer's fused pass): ``[lo, hi]`` is the running range (nothing is counted
     while it is uninitialised; a single point ``c`` counts over ``[c - 1, c + 1]``). Without
-    ``COUNT`` (``histc``'s pre-pass) the program exits at once unless ``lo == hi``.
+    ``COUNT`` (``histc``'s pre-pass; ``part_nonfinite_ptr`` unused) the program exits at once
+    unless ``lo == hi``.
     """
     pid = tl.program_id(0)
     lo = tl.load(lo_ptr)
@@ -167,23 +203,23 @@ def _histogram_stats_kernel(
             in_bounds = offs < n
             v = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
             finite = in_bounds & (tl.abs(v) < float("inf"))
-            nonfinite += (in_bounds & ~finite).to(tl.int32)
             vmin = tl.minimum(vmin, tl.where(finite, v, float("inf")))
             vmax = tl.maximum(vmax, tl.where(finite, v, float("-inf")))
             if COUNT:
+                nonfinite += (in_bounds & ~finite).to(tl.int32)
                 counted = finite & (v >= lo) & (v <= hi)
-                t_bin = tl.math.div_rn((tl.where(counted, v, lo) - lo) * NBINS, width)
-                b = tl.where(middle, NBINS // 2, tl.minimum(t_bin.to(tl.int32), NBINS - 1))
+                b = _bin(v, counted, lo, width, middle, NBINS)
                 if LOCAL:
                     acc += tl.histogram(b, ACC_BINS, mask=counted)
                 else:
                     tl.atomic_add(counts_ptr + b, counted.to(tl.int64), mask=counted, sem="relaxed")
         tl.store(part_min_ptr + pid, tl.min(vmin, axis=0))
         tl.store(part_max_ptr + pid, tl.max(vmax, axis=0))
-        tl.store(part_nonfinite_ptr + pid, tl.sum(nonfinite.to(tl.int64), axis=0))
-        if COUNT and LOCAL:
-            bins = tl.arange(0, ACC_BINS)
-            tl.atomic_add(counts_ptr + bins, acc.to(tl.int64), mask=bins < NBINS, sem="relaxed")
+        if COUNT:
+            # A store, not an atomic on the running count: an atomic here spills on sm_90.
+            tl.store(part_nonfinite_ptr + pid, tl.sum(nonfinite, axis=0).to(tl.int64))
+            if LOCAL:
+                _flush(counts_ptr, acc, NBINS, ACC_BINS)
 
 
 @triton.jit
@@ -196,58 +232,40 @@ def _histc_kernel(
     part_max_ptr,
     n_parts,
     counts_ptr,
-    range_ptr,
     tiles,
     NBINS: tl.constexpr,
     ACC_BINS: tl.constexpr,
     LOCAL: tl.constexpr,
-    UPDATE: tl.constexpr,
     PARTS_P2: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """``counts[trunc((v - lo) * NBINS / (hi - lo))] += 1`` for finite ``v`` in a device-decided range.
+    """``counts[trunc((v - lo) * NBINS / (hi - lo))] += 1`` for finite ``v`` in ``[lo, hi]``.
 
-    ``UPDATE=False`` (``histc``): ``[lo, hi]``; ``lo == hi`` becomes the finite min/max of ``x``
-    (the stats pre-pass's partials), then ``[c - 1, c + 1]`` for a single point ``c``.
-    ``UPDATE=True`` (the observer's re-pass): ``lo_ptr``/``hi_ptr`` hold the running range; program
-    0 writes the range after this batch to ``range_ptr``, and every program exits at once unless the
-    range grew (or this is the first batch) and the batch had a finite value.
+    ``lo == hi`` becomes the finite min/max of ``x`` (the stats pre-pass's partials), then
+    ``[c - 1, c + 1]`` for a single point ``c``; nothing is counted when ``x`` has no finite value.
     """
-    pid = tl.program_id(0)
-    if UPDATE:
-        _, _, lo, hi, _, has_finite, grew = _decide(
-            lo_ptr, hi_ptr, part_min_ptr, part_max_ptr, n_parts, PARTS_P2
+    lo = tl.load(lo_ptr)
+    hi = tl.load(hi_ptr)
+    if lo == hi:
+        x_lo, x_hi = _reduce_partials(part_min_ptr, part_max_ptr, n_parts, PARTS_P2)
+        seen = x_lo <= x_hi
+        lo = tl.where(seen, x_lo, lo)
+        hi = tl.where(seen, x_hi, hi)
+    if lo <= hi:
+        _count_tiles(
+            x_ptr, n, lo, hi, counts_ptr, tl.program_id(0), tiles, NBINS, ACC_BINS, LOCAL, BLOCK
         )
-        if pid == 0:
-            tl.store(range_ptr, lo)
-            tl.store(range_ptr + 1, hi)
-        active = has_finite & grew
-    else:
-        lo = tl.load(lo_ptr)
-        hi = tl.load(hi_ptr)
-        if lo == hi:
-            x_lo, x_hi = _reduce_partials(part_min_ptr, part_max_ptr, n_parts, PARTS_P2)
-            seen = x_lo <= x_hi
-            lo = tl.where(seen, x_lo, lo)
-            hi = tl.where(seen, x_hi, hi)
-        active = lo <= hi
-    if active:
-        lo, hi, width, middle = _widen_degenerate(lo, hi)
-        acc = tl.zeros((ACC_BINS,), tl.int32)
-        for t in range(tiles):
-            offs = (pid * tiles + t).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-            in_bounds = offs < n
-            v = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
-            counted = in_bounds & (tl.abs(v) < float("inf")) & (v >= lo) & (v <= hi)
-            t_bin = tl.math.div_rn((tl.where(counted, v, lo) - lo) * NBINS, width)
-            b = tl.where(middle, NBINS // 2, tl.minimum(t_bin.to(tl.int32), NBINS - 1))
-            if LOCAL:
-                acc += tl.histogram(b, ACC_BINS, mask=counted)
-            else:
-                tl.atomic_add(counts_ptr + b, counted.to(tl.int64), mask=counted, sem="relaxed")
-        if LOCAL:
-            bins = tl.arange(0, ACC_BINS)
-            tl.atomic_add(counts_ptr + bins, acc.to(tl.int64), mask=bins < NBINS, sem="relaxed")
+
+
+@functools.cache
+def _histc_plan(numel: int, device: torch.device, bins: int) -> tuple[tuple[int], dict, dict]:
+    """``(grid, stats constexprs, histc constexprs)`` of a ``histc`` launch pair."""
+    programs, tiles = stream_grid(numel, device)
+    options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+    stats = {**counting(bins), "COUNT": False, "BLOCK": BLOCK, **options}
+    parts_p2 = next_power_of_2(max_programs(device))
+    histc = {**counting(bins), "PARTS_P2": parts_p2, "BLOCK": BLOCK, **options}
+    return (programs,), {"tiles": tiles, **stats}, {"tiles": tiles, **histc}
 
 
 def histc_triton(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
@@ -262,22 +280,22 @@ def histc_triton(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int)
     Returns:
         int64 ``[bins]`` counts.
     """
+    device = x.device
     flat = flat_view(x)
     lo = lo.to(torch.float32)
     hi = hi.to(torch.float32)
-    counts = torch.zeros(bins, dtype=torch.int64, device=x.device)
-    programs, tiles = stream_grid(flat.numel(), x.device)
-    partials = torch.empty(2, programs, dtype=torch.float32, device=x.device)
-    nonfinite = torch.empty(programs, dtype=torch.int64, device=x.device)
-    _histogram_stats_kernel[(programs,)](
-        flat, flat.numel(), lo, hi, partials[0], partials[1], nonfinite, counts, tiles,
-        COUNT=False, BLOCK=BLOCK, num_warps=NUM_WARPS, **counting(bins),
-    )  # fmt: skip
-    _histc_kernel[(programs,)](
-        flat, flat.numel(), lo, hi, partials[0], partials[1], programs, counts, lo, tiles,
-        UPDATE=False, PARTS_P2=triton.next_power_of_2(max_programs(x.device)), BLOCK=BLOCK,
-        num_warps=NUM_WARPS, **counting(bins),
-    )  # fmt: skip
+    counts = torch.zeros(bins, dtype=torch.int64, device=device)
+    grid, stats, histc = _histc_plan(flat.numel(), device, bins)
+    partials = workspace(device, "histc_partials", 2 * grid[0], torch.float32)
+    part_min, part_max = partials[: grid[0]], partials[grid[0] : 2 * grid[0]]
+    with device_guard(device):
+        # part_nonfinite_ptr: unused without COUNT.
+        _histogram_stats_kernel[grid](
+            flat, flat.numel(), lo, hi, part_min, part_max, counts, counts, **stats
+        )
+        _histc_kernel[grid](
+            flat, flat.numel(), lo, hi, part_min, part_max, grid[0], counts, **histc
+        )
     return counts
 
 
@@ -300,72 +318,56 @@ def _stats_signature(dtype: str) -> dict[str, str]:
     }
 
 
-def _histc_signature(dtype: str) -> dict[str, str]:
-    return {
-        "x_ptr": f"*{dtype}",
-        "n": "i64",
-        "lo_ptr": "*fp32",
-        "hi_ptr": "*fp32",
-        "part_min_ptr": "*fp32",
-        "part_max_ptr": "*fp32",
-        "n_parts": "i32",
-        "counts_ptr": "*i64",
-        "range_ptr": "*fp32",
-        "tiles": "i32",
-        "NBINS": "constexpr",
-        "ACC_BINS": "constexpr",
-        "LOCAL": "constexpr",
-        "UPDATE": "constexpr",
-        "PARTS_P2": "constexpr",
-        "BLOCK": "constexpr",
-    }
+_HISTC_SIGNATURE = {
+    "x_ptr": "*fp32",
+    "n": "i64",
+    "lo_ptr": "*fp32",
+    "hi_ptr": "*fp32",
+    "part_min_ptr": "*fp32",
+    "part_max_ptr": "*fp32",
+    "n_parts": "i32",
+    "counts_ptr": "*i64",
+    "tiles": "i32",
+    "NBINS": "constexpr",
+    "ACC_BINS": "constexpr",
+    "LOCAL": "constexpr",
+    "PARTS_P2": "constexpr",
+    "BLOCK": "constexpr",
+}
 
-
-# The observer's variants (fused stats, re-pass) for each input dtype with the default 2048 bins;
-# histc's variants, and the atomic-per-value counting of more than LOCAL_HIST_MAX_BINS bins, in fp32.
+# The observer's fused pass for each input dtype with the default 2048 bins, and with more than
+# LOCAL_HIST_MAX_BINS bins (an atomic per value); histc's pair in fp32, with both countings.
 # 132 SMs (H100/H200) -> 528 programs -> 1024 partials.
-_OPTIONS = {"num_warps": NUM_WARPS}
+OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 COMPILE_SPECS = [
     *(
         (
             _histogram_stats_kernel,
             _stats_signature(dt),
             {**counting(2048), "COUNT": True, "BLOCK": BLOCK},
-            _OPTIONS,
+            OPTIONS,
         )
         for dt in ("fp32", "fp16", "bf16")
-    ),
-    *(
-        (
-            _histc_kernel,
-            _histc_signature(dt),
-            {**counting(2048), "UPDATE": True, "PARTS_P2": 1024, "BLOCK": BLOCK},
-            _OPTIONS,
-        )
-        for dt in ("fp32", "fp16", "bf16")
-    ),
-    (
-        _histogram_stats_kernel,
-        _stats_signature("fp32"),
-        {**counting(2048), "COUNT": False, "BLOCK": BLOCK},
-        _OPTIONS,
-    ),
-    (
-        _histc_kernel,
-        _histc_signature("fp32"),
-        {**counting(2048), "UPDATE": False, "PARTS_P2": 1024, "BLOCK": BLOCK},
-        _OPTIONS,
     ),
     (
         _histogram_stats_kernel,
         _stats_signature("fp32"),
         {**counting(8192), "COUNT": True, "BLOCK": BLOCK},
-        _OPTIONS,
+        OPTIONS,
     ),
     (
-        _histc_kernel,
-        _histc_signature("fp32"),
-        {**counting(8192), "UPDATE": True, "PARTS_P2": 1024, "BLOCK": BLOCK},
-        _OPTIONS,
+        _histogram_stats_kernel,
+        _stats_signature("fp32"),
+        {**counting(2048), "COUNT": False, "BLOCK": BLOCK},
+        OPTIONS,
+    ),
+    *(
+        (
+            _histc_kernel,
+            _HISTC_SIGNATURE,
+            {**counting(bins), "PARTS_P2": 1024, "BLOCK": BLOCK},
+            OPTIONS,
+        )
+        for bins in (2048, 8192)
     ),
 ]

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tritonobs.kernels._launch import cdiv, device_guard, next_power_of_2, workspace
+
 # Old bins per program of the scatter: a [BLOCK_BINS, UPSAMPLE] tile, 16 programs for 2048 bins.
 BLOCK_BINS = 128
 # New bins per program of the elementwise finish.
@@ -37,6 +39,48 @@ def _linspace_at(start, end, i, STEPS: tl.constexpr):
 
 
 @triton.jit
+def _rebin_scatter_rows(
+    hist_ptr,
+    orig_lo,
+    orig_hi,
+    new_lo,
+    new_hi,
+    acc_ptr,
+    block,
+    NBINS: tl.constexpr,
+    UPSAMPLE: tl.constexpr,
+    UP_P2: tl.constexpr,
+    BLOCK_BINS: tl.constexpr,
+):
+    """``acc[bucket(mid[i * UPSAMPLE + s])] += hist[i] / UPSAMPLE`` (float64) for the old bins ``i``
+    of block ``block``: torch.ao's upscale of an initialised histogram onto a range that moved.
+
+    A single-point old range ``[c, c]`` puts the block's mass into ``c``'s new bin,
+    ``trunc((c - new_lo) * NBINS / (new_hi - new_lo))`` (torch.ao's ``histc`` of ``c``).
+    """
+    rows = block * BLOCK_BINS + tl.arange(0, BLOCK_BINS)
+    h = tl.load(hist_ptr + rows, mask=rows < NBINS, other=0.0)
+    if orig_lo == orig_hi:
+        point = tl.math.div_rn((orig_lo - new_lo) * NBINS, new_hi - new_lo)
+        b = tl.minimum(point.to(tl.int32), NBINS - 1)
+        tl.atomic_add(acc_ptr + b, tl.sum(h.to(tl.float64), axis=0), sem="relaxed")
+    else:
+        j = rows[:, None] * UPSAMPLE + tl.arange(0, UP_P2)[None, :]
+        valid = (rows[:, None] < NBINS) & (tl.arange(0, UP_P2)[None, :] < UPSAMPLE)
+        sub_bin = tl.math.div_rn(orig_hi - orig_lo, NBINS * UPSAMPLE * 1.0)
+        mid = _linspace_at(orig_lo, orig_hi, j, NBINS * UPSAMPLE + 1) + 0.5 * sub_bin
+        t = tl.math.div_rn((mid - new_lo) * NBINS, new_hi - new_lo)
+        k = tl.minimum(tl.maximum(t, 0.0).to(tl.int32), NBINS - 1)
+        k = tl.where(mid < _linspace_at(new_lo, new_hi, k, NBINS + 1), k - 1, k)
+        k = tl.where(mid >= _linspace_at(new_lo, new_hi, k + 1, NBINS + 1), k + 1, k)
+        k = tl.minimum(tl.maximum(k, 0), NBINS - 1)
+        part = tl.math.div_rn(h, UPSAMPLE * 1.0).to(tl.float64)
+        tl.atomic_add(
+            acc_ptr + k, tl.broadcast_to(part[:, None], k.shape), mask=valid, sem="relaxed"
+        )
+
+
+@triton.jit
 def _histogram_rebin_scatter_kernel(
     hist_ptr,
     orig_min_ptr,
@@ -49,13 +93,8 @@ def _histogram_rebin_scatter_kernel(
     UP_P2: tl.constexpr,
     BLOCK_BINS: tl.constexpr,
 ):
-    """``acc[bucket(mid[i * UPSAMPLE + s])] += hist[i] / UPSAMPLE`` (float64), torch.ao's upscale.
-
-    Runs only when the old range is initialised and differs from the new one (exits at once
-    otherwise). A single-point old range ``[c, c]`` puts ``sum(hist)`` into ``c``'s new bin,
-    ``trunc((c - new_min) * NBINS / (new_max - new_min))`` (torch.ao's ``histc`` of ``c``).
-    """
-    pid = tl.program_id(0)
+    """:func:`_rebin_scatter_rows` of block ``pid`` when the old range is initialised and differs
+    from the new one (every program exits at once otherwise)."""
     orig_lo = tl.load(orig_min_ptr)
     orig_hi = tl.load(orig_max_ptr)
     new_lo = tl.load(new_min_ptr)
@@ -63,26 +102,19 @@ def _histogram_rebin_scatter_kernel(
     initialised = (orig_lo != float("inf")) & (orig_hi != float("-inf"))
     moved = (new_lo != orig_lo) | (new_hi != orig_hi)
     if initialised & moved:
-        rows = pid * BLOCK_BINS + tl.arange(0, BLOCK_BINS)
-        h = tl.load(hist_ptr + rows, mask=rows < NBINS, other=0.0)
-        if orig_lo == orig_hi:
-            point = tl.math.div_rn((orig_lo - new_lo) * NBINS, new_hi - new_lo)
-            b = tl.minimum(point.to(tl.int32), NBINS - 1)
-            tl.atomic_add(acc_ptr + b, tl.sum(h.to(tl.float64), axis=0), sem="relaxed")
-        else:
-            j = rows[:, None] * UPSAMPLE + tl.arange(0, UP_P2)[None, :]
-            valid = (rows[:, None] < NBINS) & (tl.arange(0, UP_P2)[None, :] < UPSAMPLE)
-            sub_bin = tl.math.div_rn(orig_hi - orig_lo, NBINS * UPSAMPLE * 1.0)
-            mid = _linspace_at(orig_lo, orig_hi, j, NBINS * UPSAMPLE + 1) + 0.5 * sub_bin
-            t = tl.math.div_rn((mid - new_lo) * NBINS, new_hi - new_lo)
-            k = tl.minimum(tl.maximum(t, 0.0).to(tl.int32), NBINS - 1)
-            k = tl.where(mid < _linspace_at(new_lo, new_hi, k, NBINS + 1), k - 1, k)
-            k = tl.where(mid >= _linspace_at(new_lo, new_hi, k + 1, NBINS + 1), k + 1, k)
-            k = tl.minimum(tl.maximum(k, 0), NBINS - 1)
-            part = tl.math.div_rn(h, UPSAMPLE * 1.0).to(tl.float64)
-            tl.atomic_add(
-                acc_ptr + k, tl.broadcast_to(part[:, None], k.shape), mask=valid, sem="relaxed"
-            )
+        _rebin_scatter_rows(
+            hist_ptr,
+            orig_lo,
+            orig_hi,
+            new_lo,
+            new_hi,
+            acc_ptr,
+            tl.program_id(0),
+            NBINS,
+            UPSAMPLE,
+            UP_P2,
+            BLOCK_BINS,
+        )
 
 
 @triton.jit
@@ -98,7 +130,7 @@ def _histogram_rebin_kernel(
     BLOCK: tl.constexpr,
 ):
     """``out = hist`` if the range is unchanged, ``0`` if the old one is uninitialised, else
-    ``float32(acc)`` (the scatter's sums)."""
+    ``float32(acc)`` (the scatter's sums); ``acc = 0`` again (a workspace)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     in_bounds = offs < NBINS
     orig_lo = tl.load(orig_min_ptr)
@@ -109,24 +141,17 @@ def _histogram_rebin_kernel(
     rebinned = tl.load(acc_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
     out = tl.where(same, h, tl.where(initialised, rebinned, 0.0))
     tl.store(out_ptr + offs, out, mask=in_bounds)
+    tl.store(acc_ptr + offs, tl.zeros((BLOCK,), tl.float64), mask=in_bounds)
 
 
-def rebin_scatter(
-    histogram: torch.Tensor,
-    orig_min: torch.Tensor,
-    orig_max: torch.Tensor,
-    new_min: torch.Tensor,
-    new_max: torch.Tensor,
-    acc: torch.Tensor,
-    upsample_rate: int,
-) -> None:
-    """Launch :func:`_histogram_rebin_scatter_kernel`: adds the re-binned mass into ``acc`` (float64)."""
-    bins = histogram.numel()
-    _histogram_rebin_scatter_kernel[(triton.cdiv(bins, BLOCK_BINS),)](
-        histogram, orig_min, orig_max, new_min, new_max, acc, NBINS=bins,
-        UPSAMPLE=upsample_rate, UP_P2=triton.next_power_of_2(upsample_rate),
-        BLOCK_BINS=BLOCK_BINS, num_warps=NUM_WARPS,
-    )  # fmt: skip
+def scatter_constexprs(bins: int, upsample_rate: int) -> dict[str, int]:
+    """The constexprs of :func:`_rebin_scatter_rows` (``cdiv(bins, BLOCK_BINS)`` blocks)."""
+    return {
+        "NBINS": bins,
+        "UPSAMPLE": upsample_rate,
+        "UP_P2": next_power_of_2(upsample_rate),
+        "BLOCK_BINS": BLOCK_BINS,
+    }
 
 
 def histogram_rebin_triton(
@@ -138,6 +163,8 @@ def histogram_rebin_triton(
     upsample_rate: int,
 ) -> torch.Tensor:
     """Triton launcher of ``tritonobs::histogram_rebin`` (two launches, no host sync).
+
+    The scatter's float64 sums go to a per-device workspace that the finish re-zeroes.
 
     Args:
         histogram: float32 ``[bins]``.
@@ -160,16 +187,22 @@ def histogram_rebin_triton(
     )
     histogram = histogram.contiguous()
     bins = histogram.numel()
-    acc = torch.zeros(bins, dtype=torch.float64, device=histogram.device)
-    rebin_scatter(histogram, orig_min, orig_max, new_min, new_max, acc, upsample_rate)
+    device = histogram.device
+    acc = workspace(device, "histogram_rebin_acc", bins, torch.float64)
     out = torch.empty_like(histogram)
-    _histogram_rebin_kernel[(triton.cdiv(bins, BLOCK),)](
-        histogram, orig_min, orig_max, new_min, new_max, acc, out, NBINS=bins, BLOCK=BLOCK,
-        num_warps=NUM_WARPS,
-    )  # fmt: skip
+    with device_guard(device):
+        _histogram_rebin_scatter_kernel[(cdiv(bins, BLOCK_BINS),)](
+            histogram, orig_min, orig_max, new_min, new_max, acc, num_warps=NUM_WARPS,
+            enable_fp_fusion=False, **scatter_constexprs(bins, upsample_rate),
+        )  # fmt: skip
+        _histogram_rebin_kernel[(cdiv(bins, BLOCK),)](
+            histogram, orig_min, orig_max, new_min, new_max, acc, out, NBINS=bins, BLOCK=BLOCK,
+            num_warps=NUM_WARPS, enable_fp_fusion=False,
+        )  # fmt: skip
     return out
 
 
+OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 COMPILE_SPECS = [
     (
         _histogram_rebin_scatter_kernel,
@@ -185,8 +218,8 @@ COMPILE_SPECS = [
             "UP_P2": "constexpr",
             "BLOCK_BINS": "constexpr",
         },
-        {"NBINS": 2048, "UPSAMPLE": 16, "UP_P2": 16, "BLOCK_BINS": BLOCK_BINS},
-        {"num_warps": NUM_WARPS},
+        scatter_constexprs(2048, 16),
+        OPTIONS,
     ),
     (
         _histogram_rebin_kernel,
@@ -202,6 +235,6 @@ COMPILE_SPECS = [
             "BLOCK": "constexpr",
         },
         {"NBINS": 2048, "BLOCK": BLOCK},
-        {"num_warps": NUM_WARPS},
+        OPTIONS,
     ),
 ]

@@ -330,18 +330,24 @@ def test_histc_kernel_matches_reference(shape, dtype, bins):
 def test_histogram_update_and_rebin_kernels_match_reference(shape, dtype):
     first, wider, poisoned = batches(shape, dtype)
     bins, upsample_rate = 2048, 16
-    state = (torch.zeros(bins), torch.tensor(float("inf")), torch.tensor(float("-inf")))
+    state = [
+        torch.zeros(bins),
+        torch.tensor(float("inf")),
+        torch.tensor(float("-inf")),
+        torch.zeros((), dtype=torch.int64),
+    ]
     for step, x in enumerate((first, first, wider, poisoned)):
-        got = torch.ops.tritonobs.histogram_update(x, *(s.to(DEVICE) for s in state), upsample_rate)
-        expected = histogram_update_torch(x.cpu(), *state, upsample_rate)
+        # Both update their own copy of the same state in place.
+        got = [s.to(DEVICE, copy=True) for s in state]
+        torch.ops.tritonobs.histogram_update(x, *got, upsample_rate)
+        histogram_update_torch(x.cpu(), *state, upsample_rate)
         grown = step >= 2
         hist_tol = TOLERANCES["histogram_rebinned"] if grown else {"atol": 0, "rtol": 0}
-        torch.testing.assert_close(got[0].cpu(), expected[0], **hist_tol)
-        for g, e in zip(got[1:], expected[1:], strict=True):
+        torch.testing.assert_close(got[0].cpu(), state[0], **hist_tol)
+        for g, e in zip(got[1:], state[1:], strict=True):
             torch.testing.assert_close(g.cpu(), e, atol=0, rtol=0)
-        state = expected[:3]
 
-    histogram, lo, hi = state
+    histogram, lo, hi, _ = state
     new_lo, new_hi = lo - (hi - lo) / 3, hi + (hi - lo) / 2
     got = torch.ops.tritonobs.histogram_rebin(
         histogram.to(DEVICE), lo.to(DEVICE), hi.to(DEVICE), new_lo.to(DEVICE), new_hi.to(DEVICE), 16

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tritonobs.ops  # noqa: F401  (registers the ops)
+import tritonobs.ops.histc as histc_ops
 from tests.conftest import SHAPES
 from tritonobs.backend import use_backend
 from tritonobs.kernels.histc import BLOCK, LOCAL_HIST_MAX_BINS
@@ -126,3 +127,25 @@ def test_histc_opcheck(backend):
     torch.library.opcheck(
         torch.ops.tritonobs.histc.default, (x, torch.tensor(-1.0), torch.tensor(1.5), 9)
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bins", [2048, 37])
+def test_torch_reference_chunks_match_torch_histc(monkeypatch, dtype, bins):
+    # Chunk boundaries at odd offsets; 2048 bins take the one-division path, 37 the
+    # multiply-then-divide one. Both are torch.histc's bins exactly.
+    monkeypatch.setattr(histc_ops, "CHUNK", 7)
+    x = (torch.randn(3, 41, generator=torch.Generator().manual_seed(6)) * 3).to(dtype)
+    lo, hi = (v.item() for v in torch.aminmax(x.float()))
+    out = histc_ops.count_in_range(x, lo, hi, bins)
+    torch.testing.assert_close(out, expected(x.float(), lo, hi, bins), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("bins", [2048, 2000])
+def test_torch_reference_overflowing_bin_arithmetic_follows_torch_histc(bins):
+    # (v - lo) * bins overflows float32 (the range itself does not): torch.histc puts such values
+    # in bin 0, and so does the torch reference. (Not supported on the Triton path.)
+    x = torch.tensor([1e36, -1e36, 0.0, 5e35])
+    with use_backend("torch"):
+        out = histc(x, -1e36, 1e36, bins)
+    torch.testing.assert_close(out, expected(x, -1e36, 1e36, bins), atol=0, rtol=0)

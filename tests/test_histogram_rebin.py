@@ -16,6 +16,7 @@ from torch.ao.quantization.observer import HistogramObserver as AOHistogramObser
 
 import tritonobs.ops  # noqa: F401  (registers the ops)
 from tests.conftest import TOLERANCES
+from tritonobs.ops.histogram_rebin import bucketize_right
 
 pytestmark = pytest.mark.interpret
 
@@ -131,3 +132,27 @@ def test_rebin_float64_histogram_keeps_its_dtype(backend):
     else:
         # The kernels work in float32: the result is the float32 re-binning, stored as float64.
         torch.testing.assert_close(out, rebin(histogram, *ranges).double(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("orig", "new"),
+    [
+        ((-1.0, 2.0), (-3.0, 2.5)),
+        ((1000.0, 1000.001), (999.999, 1000.002)),  # steps below an ulp: repeated values
+        ((-1e-30, 1e-30), (-1.0, 1.0)),  # every mid-point in the middle bins
+    ],
+)
+def test_bucketize_right_is_torch_bucketize(orig, new):
+    # The torch reference's bucketize of sorted linspace values, against torch.bucketize itself
+    # (and an unsorted input, which takes torch.bucketize).
+    bins, upsample_rate = 64, 16
+    lo, hi = torch.tensor(orig[0]), torch.tensor(orig[1])
+    mids = torch.linspace(lo, hi, bins * upsample_rate + 1)[:-1] + 0.5 * (hi - lo) / 1024
+    edges = torch.linspace(*new, bins + 1)
+    for values in (mids, mids.flip(0)):
+        torch.testing.assert_close(
+            bucketize_right(values, edges),
+            torch.bucketize(values, edges, right=True),
+            atol=0,
+            rtol=0,
+        )

@@ -1,9 +1,11 @@
-"""``tritonobs::histogram_update``: one HistogramObserver step, vs torch.ao and vs its own parts.
+"""``tritonobs::histogram_update``: one HistogramObserver step, in place, vs torch.ao and its parts.
 
-torch.ao is fed the finite values (it drops inf with a warning and breaks on NaN; this op skips
-both). Everything a single step computes without re-binning is compared exactly; a step whose range
-grew is, on the Triton backend, exactly ``histogram_rebin + histc`` over the new range (each checked
-against torch.ao in its own test file) and within ``histogram_rebinned_mass`` of torch.ao.
+The op writes ``histogram``, ``min_val`` and ``max_val`` in place and adds the NaN/inf count to
+``nonfinite_count``. torch.ao is fed the finite values (it drops inf with a warning and breaks on
+NaN; this op skips both). Everything a single step computes without re-binning is compared exactly;
+a step whose range grew is, on the Triton backend, exactly ``histogram_rebin + histc`` over the new
+range (each checked against torch.ao in its own test file) and within ``histogram_rebinned_mass``
+of torch.ao.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from torch.ao.quantization.observer import HistogramObserver as AOHistogramObser
 
 import tritonobs.ops  # noqa: F401  (registers the ops)
 from tests.conftest import TOLERANCES
-from tritonobs.kernels.histc import BLOCK, _histc_kernel, _histogram_stats_kernel, counting
+from tritonobs.kernels.histc import BLOCK, _histogram_stats_kernel, counting
+from tritonobs.kernels.histogram_rebin import scatter_constexprs
+from tritonobs.kernels.histogram_update import _histogram_regrow_kernel
+from tritonobs.ops.histogram_update import histogram_update_torch
 
 pytestmark = pytest.mark.interpret
 
@@ -24,12 +29,20 @@ EXACT = {"atol": 0, "rtol": 0}
 INF = float("inf")
 
 
-def initial_state(bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.zeros(bins), torch.tensor(INF), torch.tensor(-INF)
+def initial_state(bins: int, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """``[histogram, min_val, max_val, nonfinite_count]`` of a fresh observer."""
+    return [
+        torch.zeros(bins, dtype=dtype),
+        torch.tensor(INF, dtype=dtype),
+        torch.tensor(-INF, dtype=dtype),
+        torch.zeros((), dtype=torch.int64),
+    ]
 
 
-def step(x, state, upsample_rate=16):
-    return torch.ops.tritonobs.histogram_update(x, *state, upsample_rate)
+def step(x: torch.Tensor, state: list[torch.Tensor], upsample_rate: int = 16) -> list[torch.Tensor]:
+    """One in-place op call on ``state``; returns ``state`` (the same tensors)."""
+    assert torch.ops.tritonobs.histogram_update(x, *state, upsample_rate) is None
+    return state
 
 
 def ao_step(observer: AOHistogramObserver, x: torch.Tensor) -> None:
@@ -54,9 +67,9 @@ def test_first_batch_is_torch_ao_exactly(backend, shape, bins):
     x = batch(0, shape, scale=3.0)
     observer = AOHistogramObserver(bins=bins)
     observer(x)
-    out = step(x, initial_state(bins))
-    assert_state_equal(out[:3], observer)
-    assert out[3].dtype == torch.int64 and out[3].item() == 0
+    state = step(x, initial_state(bins))
+    assert_state_equal(state, observer)
+    assert state[3].dtype == torch.int64 and state[3].item() == 0
 
 
 @pytest.mark.parametrize("bins", [2048, 37, 5000])
@@ -67,7 +80,7 @@ def test_steady_state_adds_counts_exactly(backend, bins):
     state = initial_state(bins)
     for x in (wide, batch(2, (5, 123)), batch(3, (2, BLOCK + 3)).clamp(-3, 3), wide[:, ::3]):
         observer(x)
-        state = step(x, state)[:3]
+        step(x, state)
         assert_state_equal(state, observer)
 
 
@@ -77,8 +90,8 @@ def test_growing_range_matches_rebin_plus_histc_and_torch_ao(backend, bins):
     state = initial_state(bins)
     batches = [batch(4, (5, 123)), batch(5, (77,), scale=2.5), batch(6, (3, 1, 17), 6.0, 2.0)]
     for i, x in enumerate(batches):
-        histogram, lo, hi = state
-        state = step(x, state)[:3]
+        histogram, lo, hi = (v.clone() for v in state[:3])
+        step(x, state)
         observer(x)
         torch.testing.assert_close(state[1], observer.min_val, **EXACT)
         torch.testing.assert_close(state[2], observer.max_val, **EXACT)
@@ -99,7 +112,7 @@ def test_single_point_range_then_growth(backend):
     state = initial_state(11)
     for x in (torch.full((9,), 0.5), torch.full((4, 3), 0.5), batch(7, (40,))):
         observer(x)
-        state = step(x, state)[:3]
+        step(x, state)
         assert_state_equal(state, observer)
 
 
@@ -110,21 +123,24 @@ def test_nan_and_inf_are_skipped_and_counted(backend):
     x[5::13] = -INF
     observer = AOHistogramObserver(bins=64)
     state = initial_state(64)
+    skipped = 0
     for data in (x, x.flip(0) * 1.5):
         ao_step(observer, data)
-        *state, nonfinite = step(data, state)
-        assert nonfinite.item() == (~torch.isfinite(data)).sum().item()
+        step(data, state)
+        skipped += (~torch.isfinite(data)).sum().item()
+        # The op adds the batch's count to the running one.
+        assert state[3].item() == skipped
     assert_state_equal(state, observer)
 
 
 @pytest.mark.parametrize("first", [True, False])
 def test_batch_without_finite_values_changes_nothing(backend, first):
-    state = initial_state(16) if first else step(batch(9, (50,)), initial_state(16))[:3]
-    x = torch.tensor([float("nan"), INF, -INF, float("nan")])
-    *out, nonfinite = step(x, state)
-    for got, before in zip(out, state, strict=True):
-        torch.testing.assert_close(got, before, **EXACT)
-    assert nonfinite.item() == 4
+    state = initial_state(16) if first else step(batch(9, (50,)), initial_state(16))
+    before = [v.clone() for v in state]
+    step(torch.tensor([float("nan"), INF, -INF, float("nan")]), state)
+    for got, expected in zip(state[:3], before[:3], strict=True):
+        torch.testing.assert_close(got, expected, **EXACT)
+    assert state[3].item() == 4
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -139,7 +155,7 @@ def test_half_inputs_are_binned_as_float32(backend, dtype):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             raw_observer(x)
-        state = step(x, state)[:3]
+        step(x, state)
         assert_state_equal(state, observer)
         torch.testing.assert_close(state[1], raw_observer.min_val, **EXACT)
         torch.testing.assert_close(state[2], raw_observer.max_val, **EXACT)
@@ -151,21 +167,37 @@ def test_strided_input(backend):
     state = initial_state(100)
     for x in (base.t(), base[::2, 3:], base[:1].expand(4, 29)):
         observer(x)
-        state = step(x, state)[:3]
+        step(x, state)
         assert_state_equal(state, observer)
 
 
-def test_returns_new_tensors(backend):
-    state = step(batch(13, (20,)), initial_state(8))[:3]
-    out = step(batch(13, (20,)), state)
-    for got, before in zip(out[:3], state, strict=True):
-        assert got.data_ptr() != before.data_ptr()
+def test_updates_the_buffers_in_place(backend):
+    state = step(batch(13, (20,)), initial_state(8))
+    pointers = [v.data_ptr() for v in state]
+    for x in (batch(14, (20,)), batch(15, (3, 7), scale=5.0)):
+        step(x, state)
+    assert [v.data_ptr() for v in state] == pointers
 
 
-def test_histogram_update_opcheck(backend):
-    state = step(batch(14, (40,)), initial_state(24))[:3]
-    for x in (batch(15, (3, 11), scale=0.5), batch(16, (3, 11), scale=3.0)):
-        torch.library.opcheck(torch.ops.tritonobs.histogram_update.default, (x, *state, 16))
+def test_torch_reference_writes_the_same_buffers(backend):
+    # The op (Triton on this backend) and its torch reference, each on its own copy of the state,
+    # agree exactly while the range does not move (and on the range always).
+    ours, reference = initial_state(40), initial_state(40)
+    for x in (batch(16, (5, 31), scale=2.0), batch(17, (77,)), batch(18, (9,), scale=3.0)):
+        step(x, ours)
+        histogram_update_torch(x, *reference, 16)
+        for got, expected in zip(ours[1:], reference[1:], strict=True):
+            torch.testing.assert_close(got, expected, **EXACT)
+    torch.testing.assert_close(ours[0], reference[0], **TOLERANCES["histogram_rebinned"])
+
+
+@pytest.mark.parametrize("grows", [False, True])
+def test_histogram_update_opcheck(backend, grows):
+    # opcheck checks the schema's (a!) annotations against what the kernel really writes.
+    state = step(batch(19, (40,)), initial_state(24))
+    x = batch(20, (3, 11), scale=3.0 if grows else 0.5)
+    x[0, 0] = float("nan")
+    torch.library.opcheck(torch.ops.tritonobs.histogram_update.default, (x, *state, 16))
 
 
 def test_float64_inputs_round_to_float32_and_overflow_counts_as_inf(backend):
@@ -174,35 +206,83 @@ def test_float64_inputs_round_to_float32_and_overflow_counts_as_inf(backend):
     kept = x.float()
     observer = AOHistogramObserver(bins=50)
     observer(kept[torch.isfinite(kept)])
-    *state, nonfinite = step(x, initial_state(50))
+    state = step(x, initial_state(50))
     assert_state_equal(state, observer)
-    assert nonfinite.item() == 2
+    assert state[3].item() == 2
 
 
-@pytest.mark.parametrize("grows", [False, True])
-def test_repass_kernel_exits_unless_the_range_grew(grows):
-    # The steady state reads the input once: the re-pass kernel decides on the device to skip.
-    x = batch(18, (3, 50), scale=4.0 if grows else 1.0)
-    min_val, max_val = torch.tensor(-5.0), torch.tensor(5.0)
+@pytest.mark.parametrize("case", ["steady", "grows", "first", "no_finite"])
+def test_regrow_kernel_exits_unless_the_range_grew(case):
+    # The steady state reads the input once: the regrow launch decides on the device to skip,
+    # records the decision for the combine, and writes nothing else.
+    x = {
+        "steady": batch(21, (3, 50)),
+        "grows": batch(21, (3, 50), scale=4.0),
+        "first": batch(21, (3, 50)),
+        "no_finite": torch.tensor([float("nan"), INF]),
+    }[case]
+    bins, rows = 8, 2
+    initialised = case != "first"
+    min_val = torch.tensor(-5.0 if initialised else INF)
+    max_val = torch.tensor(5.0 if initialised else -INF)
+    histogram = torch.arange(1.0, bins + 1)
     partials = torch.empty(2, 1)
     part_nonfinite = torch.empty(1, dtype=torch.int64)
-    counts_a = torch.zeros(8, dtype=torch.int64)
-    counts_b = torch.full((8,), -7, dtype=torch.int64)
-    new_range = torch.empty(2)
-    args = (x.reshape(-1), x.numel(), min_val, max_val, partials[0], partials[1])
+    nonfinite = torch.tensor(3)
+    counts_a = torch.zeros(bins, dtype=torch.int64)
+    # Poisoned: the launch adds to them only when it has work.
+    counts_b = torch.full((bins,), -7, dtype=torch.int64)
+    rebinned = torch.full((bins,), -7.0, dtype=torch.float64)
+    decision = torch.full((3,), 99.0)
+    count = counting(bins)
     _histogram_stats_kernel[(1,)](
-        *args, part_nonfinite, counts_a, 1, COUNT=True, BLOCK=BLOCK, **counting(8)
-    )
-    _histc_kernel[(1,)](
-        *args, 1, counts_b, new_range, 1, UPDATE=True, PARTS_P2=16, BLOCK=BLOCK, **counting(8)
-    )
-    lo, hi = min(-5.0, x.min().item()), max(5.0, x.max().item())
-    assert new_range.tolist() == [lo, hi]
-    assert ((lo, hi) != (-5.0, 5.0)) == grows
-    if grows:
-        expected = torch.histc(x, 8, min=lo, max=hi).to(torch.int64) - 7
+        x.reshape(-1), x.numel(), min_val, max_val, partials[0], partials[1], part_nonfinite,
+        counts_a, 1, COUNT=True, BLOCK=BLOCK, **count,
+    )  # fmt: skip
+    _histogram_regrow_kernel[(1 + rows,)](
+        x.reshape(-1), x.numel(), min_val, max_val, partials[0], partials[1], part_nonfinite, 1,
+        nonfinite, histogram, counts_b, rebinned, decision, 1, PARTS_P2=16, BLOCK=BLOCK,
+        **{**count, **scatter_constexprs(bins, 16), "BLOCK_BINS": 4},
+    )  # fmt: skip
+    finite = x[torch.isfinite(x)]
+    # Program 0 adds the batch's NaN/inf count to the running one.
+    assert nonfinite.item() == 3 + x.numel() - finite.numel()
+    if case == "no_finite":
+        assert decision.tolist() == [-5.0, 5.0, 0.0]
+        assert counts_b.tolist() == [-7] * bins and rebinned.tolist() == [-7.0] * bins
+        return
+    lo, hi = finite.min().item(), finite.max().item()
+    if initialised:
+        lo, hi = min(-5.0, lo), max(5.0, hi)
+    grew = (lo, hi) != (-5.0, 5.0)
+    assert decision.tolist() == [lo, hi, 2.0 if grew else 1.0]
+    if grew:
+        expected = torch.histc(x, bins, min=lo, max=hi).to(torch.int64) - 7
         torch.testing.assert_close(counts_b, expected, **EXACT)
+        # The old histogram's mass moved into the re-binned sums (none on the first batch).
+        moved = histogram.sum().item() if initialised else 0.0
+        assert rebinned.sum().item() == pytest.approx(moved - 7.0 * bins)
     else:
-        assert counts_b.tolist() == [-7] * 8
-        expected = torch.histc(x, 8, min=-5.0, max=5.0).to(torch.int64)
+        assert counts_b.tolist() == [-7] * bins and rebinned.tolist() == [-7.0] * bins
+        expected = torch.histc(x, bins, min=-5.0, max=5.0).to(torch.int64)
         torch.testing.assert_close(counts_a, expected, **EXACT)
+
+
+def test_float64_buffers_are_updated_in_place(backend):
+    # The torch reference runs torch.ao's ops on float64 buffers; the Triton path round-trips
+    # them through float32 (the float32 state, stored as float64), writing the same tensors.
+    state = initial_state(30, torch.float64)
+    pointers = [v.data_ptr() for v in state]
+    observer = AOHistogramObserver(bins=30, factory_kwargs={"dtype": torch.float64})
+    single = initial_state(30)
+    for x in (batch(22, (4, 19)), batch(23, (50,), scale=3.0)):
+        step(x, state)
+        step(x, single)
+        observer(x)
+    assert [v.data_ptr() for v in state] == pointers
+    assert all(v.dtype == torch.float64 for v in state[:3])
+    if backend == "torch":
+        assert_state_equal(state, observer)
+    else:
+        for got, expected in zip(state, single, strict=True):
+            torch.testing.assert_close(got, expected.to(got.dtype), **EXACT)

@@ -177,6 +177,8 @@ def test_version_2_state_dict_with_empty_min_max_loads_as_uninitialised(backend)
 def test_torch_compile_fullgraph_matches_eager(backend, compile_backend):
     torch._dynamo.reset()
     eager, compiled = HistogramObserver(bins=64), HistogramObserver(bins=64)
+    buffers = dict(compiled.named_buffers())
+    pointers = {name: buf.data_ptr() for name, buf in buffers.items()}
     forward = torch.compile(compiled, backend=compile_backend, fullgraph=True)
     g = torch.Generator().manual_seed(7)
     # Same shape every call (one graph); the range grows on the 2nd and 4th call.
@@ -186,16 +188,34 @@ def test_torch_compile_fullgraph_matches_eager(backend, compile_backend):
         assert forward(x) is not None
     for name in ("histogram", "min_val", "max_val", "nonfinite_count"):
         torch.testing.assert_close(getattr(compiled, name), getattr(eager, name), **EXACT)
+        # The compiled op writes the module's own buffers (functionalized, then copied back or
+        # re-inplaced): same tensors, same storage.
+        assert getattr(compiled, name) is buffers[name]
+        assert buffers[name].data_ptr() == pointers[name]
 
 
 def test_observer_buffers_keep_identity_and_dtype(backend):
     observer = HistogramObserver(bins=20)
     buffers = {name: buf for name, buf in observer.named_buffers()}
+    pointers = {name: buf.data_ptr() for name, buf in buffers.items()}
     for x in stream(8)[:3]:
         observer(x)
     for name, buf in observer.named_buffers():
-        assert buf is buffers[name]
+        assert buf is buffers[name] and buf.data_ptr() == pointers[name]
     assert observer.histogram.dtype == torch.float32 and observer.histogram.shape == (20,)
+
+
+def test_loading_a_state_dict_keeps_buffer_identity(backend):
+    source = HistogramObserver(bins=24)
+    for x in stream(12)[:2]:
+        source(x)
+    observer = HistogramObserver(bins=24)
+    buffers = dict(observer.named_buffers())
+    observer.load_state_dict(source.state_dict())
+    for name, buf in observer.named_buffers():
+        assert buf is buffers[name]
+        if name != "nonfinite_count":
+            torch.testing.assert_close(buf, getattr(source, name), **EXACT)
 
 
 def test_many_batches_keep_total_count(backend):

@@ -78,17 +78,21 @@ class HistogramObserver(UniformQuantizationObserverBase):
         self.upsample_rate = 16
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
-        """Fold ``x_orig``'s finite values into the histogram; returns ``x_orig``. No host sync."""
+        """Fold ``x_orig``'s finite values into the histogram, in place; returns ``x_orig``.
+
+        One op, ``tritonobs::histogram_update``, that writes the buffers. No host sync on CUDA.
+        """
         self._check_input(x_orig)
         if x_orig.numel() == 0:
             return x_orig
-        histogram, new_min, new_max, nonfinite = torch.ops.tritonobs.histogram_update.default(
-            x_orig.detach(), self.histogram, self.min_val, self.max_val, self.upsample_rate
+        torch.ops.tritonobs.histogram_update.default(
+            x_orig.detach(),
+            self.histogram,
+            self.min_val,
+            self.max_val,
+            self.nonfinite_count,
+            self.upsample_rate,
         )
-        self.histogram.copy_(histogram)
-        self.min_val.copy_(new_min)
-        self.max_val.copy_(new_max)
-        self.nonfinite_count.add_(nonfinite)
         return x_orig
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
@@ -138,10 +142,13 @@ class HistogramObserver(UniformQuantizationObserverBase):
         for name in ("min_val", "max_val"):
             key = prefix + name
             if key in state_dict:
-                current = getattr(self, name)
-                setattr(
-                    self, name, state_dict[key].detach().to(current.device, current.dtype).clone()
-                )
+                current, value = getattr(self, name), state_dict[key].detach()
+                if value.shape == current.shape:
+                    # In place: the buffer keeps its identity (a compiled forward holds it).
+                    current.copy_(value)
+                else:
+                    # torch.ao replaces the buffer, so that the parent's loader sees its shape.
+                    setattr(self, name, value.to(current.device, current.dtype).clone())
             elif strict:
                 missing_keys.append(key)
         super()._load_from_state_dict(

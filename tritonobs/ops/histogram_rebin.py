@@ -22,31 +22,64 @@ import torch
 from tritonobs.ops._dispatch import define_op
 
 
-def is_uninitialised(min_val: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
-    """torch.ao's "observer has not seen data" test: ``min_val == +inf or max_val == -inf`` (0-d bool)."""
-    return (min_val == float("inf")) | (max_val == float("-inf"))
+def _non_decreasing(values: torch.Tensor) -> bool:
+    return values.numel() < 2 or values.diff().min().item() >= 0
+
+
+def bucketize_right(values: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    """``torch.bucketize(values, boundaries, right=True)``: per value, the boundaries ``<=`` it.
+
+    ``linspace`` values and boundaries are sorted (checked): then boundary ``k`` is ``<= values[j]``
+    exactly when ``j >= searchsorted(values, boundaries[k])``, and the counts are a cumulative sum
+    over the ``B`` boundaries' positions, ``O(B log M + M)`` instead of a binary search per value
+    (several times faster for ``M = 16 * B`` mid-points). Unsorted input takes ``torch.bucketize``.
+    """
+    if _non_decreasing(values) and _non_decreasing(boundaries):
+        first = torch.searchsorted(values, boundaries)
+        return torch.bincount(first, minlength=values.numel() + 1).cumsum_(0)[:-1]
+    return torch.bucketize(values, boundaries, right=True)
 
 
 def upscale_histogram_torch(
     histogram: torch.Tensor,
     orig_min: torch.Tensor,
     orig_max: torch.Tensor,
-    new_min: torch.Tensor,
-    new_max: torch.Tensor,
+    new_min: float,
+    new_max: float,
     upsample_rate: int,
 ) -> torch.Tensor:
-    """torch.ao's ``_upscale_histogram``, op for op, so that the float32 roundings are the same."""
+    """torch.ao's ``_upscale_histogram``, with the same float roundings.
+
+    Its ops, except: each bin is divided by ``upsample_rate`` before it is repeated (the same
+    quotients), and ``bucketize`` is :func:`bucketize_right`. ``new_min``/``new_max`` are the
+    values of torch.ao's 0-d tensors (``linspace`` reads them as doubles either way).
+    """
     bins = histogram.numel()
-    parts = histogram.repeat_interleave(upsample_rate) / upsample_rate
+    parts = (histogram / upsample_rate).repeat_interleave(upsample_rate)
     sub_bin = (orig_max - orig_min) / (bins * upsample_rate)
     mid_points = (
         torch.linspace(orig_min, orig_max, bins * upsample_rate + 1, device=histogram.device)[:-1]
         + 0.5 * sub_bin
     )
     boundaries = torch.linspace(new_min, new_max, bins + 1, device=histogram.device)
-    buckets = torch.bucketize(mid_points, boundaries, right=True) - 1
-    buckets.clamp_(0, bins - 1)
+    buckets = bucketize_right(mid_points, boundaries).sub_(1).clamp_(0, bins - 1)
     return torch.bincount(buckets, weights=parts, minlength=bins)
+
+
+def moved_histogram_torch(
+    histogram: torch.Tensor,
+    orig_min: torch.Tensor,
+    orig_max: torch.Tensor,
+    new_min: float,
+    new_max: float,
+    upsample_rate: int,
+) -> torch.Tensor:
+    """An initialised histogram over ``[orig_min, orig_max]`` on the different range
+    ``[new_min, new_max]`` (torch.ao's ``_combine_histograms`` without the batch's counts)."""
+    if orig_min.item() == orig_max.item():
+        one_hot = torch.histc(orig_min, bins=histogram.numel(), min=new_min, max=new_max)
+        return one_hot * histogram.sum()
+    return upscale_histogram_torch(histogram, orig_min, orig_max, new_min, new_max, upsample_rate)
 
 
 def histogram_rebin_torch(
@@ -58,16 +91,12 @@ def histogram_rebin_torch(
     upsample_rate: int,
 ) -> torch.Tensor:
     """Torch reference of :func:`histogram_rebin` (branches on the range values, on the host)."""
-    if bool((new_min == orig_min) & (new_max == orig_max)):
+    lo, hi, new_lo, new_hi = (v.item() for v in (orig_min, orig_max, new_min, new_max))
+    if new_lo == lo and new_hi == hi:
         return histogram.clone()
-    if bool(is_uninitialised(orig_min, orig_max)):
+    if lo == float("inf") or hi == float("-inf"):
         return torch.zeros_like(histogram)
-    if bool(orig_min == orig_max):
-        one_hot = torch.histc(
-            orig_min, bins=histogram.numel(), min=new_min.item(), max=new_max.item()
-        )
-        return one_hot * histogram.sum()
-    return upscale_histogram_torch(histogram, orig_min, orig_max, new_min, new_max, upsample_rate)
+    return moved_histogram_torch(histogram, orig_min, orig_max, new_lo, new_hi, upsample_rate)
 
 
 def histogram_rebin(
