@@ -4,8 +4,9 @@
 
 The table has one row per workload and the providers side by side (time of each, the
 tritonobs speedup over torch.ao, its GB/s and fraction of the copy bandwidth measured in the same
-run), followed by the performance targets of issue 4 and whether each holds. The plot shows
-tritonobs' speedup over torch.ao and its GB/s against input size.
+run), followed by the performance targets of issue 4 and whether each holds, and, when the run has
+them, the end-to-end calibration records (observer time, calibrate's own overhead and the total of
+each side). The plot shows tritonobs' speedup over torch.ao and its GB/s against input size.
 """
 
 from __future__ import annotations
@@ -250,6 +251,32 @@ def markdown_targets(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
+def _calibration(r: Record) -> bool:
+    return r.get("benchmark", "").startswith("calibrate")
+
+
+def markdown_calibration(records: list[Record]) -> str:
+    """The end-to-end calibration records (``test_bench_calibrate.py``) as a markdown table: each
+    side's observer time and calibration total, the speedups, and calibrate's own overhead."""
+    lines = [
+        "| observer | dtype | torch threads | tritonobs observers ms | torch.ao observers ms | "
+        "observers speedup | tritonobs total ms | torch.ao total ms | total speedup | "
+        "calibrate overhead ms (tritonobs / torch.ao) |",
+        "|" + "---|" * 10,
+    ]
+    for r in records:
+        if not _calibration(r):
+            continue
+        lines.append(
+            f"| {r['observer']} | {r['dtype']} | {r.get('threads') or 'n/a (cuda)'} | "
+            f"{_fmt_ms(r['observer_ms'])} | {_fmt_ms(r['torch_ao_observer_ms'])} | "
+            f"{r['observer_speedup_vs_torch_ao']:.2f}x | {_fmt_ms(r['time_ms'])} | "
+            f"{_fmt_ms(r['torch_ao_ms'])} | {r['speedup_vs_torch_ao']:.2f}x | "
+            f"{r['overhead_ms']:.2f} / {r['torch_ao_overhead_ms']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown_report(records: list[Record], meta: dict[str, Any]) -> str:
     """Heading (device, date, versions, copy bandwidth), the results table and the targets."""
     if not records:
@@ -272,8 +299,28 @@ def markdown_report(records: list[Record], meta: dict[str, Any]) -> str:
             "",
             markdown_targets(records),
             "",
+            *_calibration_section(records),
         ]
     )
+
+
+def _calibration_section(records: list[Record]) -> list[str]:
+    calibration = [r for r in records if _calibration(r)]
+    if not calibration:
+        return []
+    first = calibration[0]
+    return [
+        "#### End-to-end calibration",
+        "",
+        f"`calibrate()` of {first['model']} ({first['shape']}: batches x sentences x most "
+        f"tokens), one observer per Linear input; each side's "
+        f"{'fastest' if first['statistic'] == 'min' else 'median'} of {first['repeats']} timed "
+        "run(s), alternating with the other side's after one warm-up run each; speedup = "
+        "torch.ao / tritonobs.",
+        "",
+        markdown_calibration(records),
+        "",
+    ]
 
 
 def plot(records: list[Record], path: str | Path) -> None:
@@ -292,7 +339,7 @@ def plot(records: list[Record], path: str | Path) -> None:
     for r in records:
         if r["provider"] != "tritonobs" or "x" not in str(r["shape"]):
             continue
-        if r["benchmark"] == "calculate_qparams":
+        if r["benchmark"] == "calculate_qparams" or _calibration(r):
             continue
         label = f"{r['benchmark']} {r.get('observer') or r.get('op', '')}"
         series.setdefault((label, r["dtype"]), {}).setdefault(r["numel"], []).append(r)

@@ -3,7 +3,9 @@ hooks always removed, clear errors on bad input."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 import sys
 import time
 import types
@@ -271,7 +273,134 @@ def test_statistics_and_table() -> None:
     scale, zero_point = result.qparams()["proj.input"]
     assert row[:3] == ["proj", "input", "4"]
     assert row[5:7] == [f"{scale.item():.5g}", str(zero_point.item())]
-    assert table[-1].startswith("2 observed tensors, 4 batches")
+    assert re.fullmatch(
+        r"2 observed tensors, 4 batches, observers \d+\.\d ms, "
+        r"calibrate overhead \d+\.\d\d ms, total \d+\.\d\d s",
+        table[-1],
+    )
+
+
+class FakeClock:
+    """Stands in for ``time.perf_counter``: time moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def slow_observer(clock: FakeClock, seconds: float) -> Callable[[], nn.Module]:
+    """A factory of MinMaxObservers whose forward takes exactly ``seconds`` of ``clock``."""
+
+    class Slow(tritonobs.MinMaxObserver):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            clock.now += seconds
+            return super().forward(x)
+
+    return Slow
+
+
+def test_observer_time_and_calibrate_overhead_are_apart(monkeypatch) -> None:
+    """Observer time is the observers' forward only: with a clock that moves only inside them,
+    the observers take all of the total and calibrate's own overhead is zero."""
+    clock = FakeClock()
+    monkeypatch.setattr(importlib.import_module("tritonobs.calibrate"), "perf_counter", clock)
+    result = calibrate(make_block(), awkward_batches(), observer=slow_observer(clock, 0.25))
+    assert [(result[k].calls, result[k].seconds) for k in result] == [(4, 1.0), (4, 1.0)]
+    assert (result.observer_seconds, result.overhead_seconds, result.seconds) == (2.0, 0.0, 2.0)
+    assert result.table().splitlines()[-1] == (
+        "2 observed tensors, 4 batches, observers 2000.0 ms, calibrate overhead 0.00 ms, "
+        "total 2.00 s"
+    )
+
+
+def test_calibrate_overhead_is_part_of_the_total() -> None:
+    result = calibrate(make_block(), awkward_batches(), observer="minmax")
+    assert result.overhead_seconds is not None and result.overhead_seconds > 0
+    assert result.observer_seconds + result.overhead_seconds < result.seconds
+
+
+def test_cuda_timing_reads_events_only_at_the_end(monkeypatch) -> None:
+    """On CUDA each observer call is timed by a pair of events; no event is waited for while
+    calibrating, and the last one once at the end."""
+    clock = FakeClock()
+    calibrate_module = importlib.import_module("tritonobs.calibrate")
+    monkeypatch.setattr(calibrate_module, "perf_counter", clock)
+
+    class FakeEvent:
+        made: list[FakeEvent] = []
+
+        def __init__(self, enable_timing: bool) -> None:
+            assert enable_timing
+            self.at: float | None = None
+            self.waited = False
+            FakeEvent.made.append(self)
+
+        def record(self) -> None:
+            self.at = clock.now
+
+        def synchronize(self) -> None:
+            self.waited = True
+
+        def elapsed_time(self, end: FakeEvent) -> float:
+            return (end.at - self.at) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    entry = calibrate_module.ObservedTensor("proj", "input", slow_observer(clock, 0.5)())
+    tally = calibrate_module._CudaTally(entry)
+    for _ in range(3):
+        tally.input_hook(nn.Identity(), (torch.ones(2),), {})
+    assert len(FakeEvent.made) == 6 and not any(event.waited for event in FakeEvent.made)
+    tally.finish()
+    assert (entry.calls, entry.seconds, tally.overhead) == (3, 1.5, 0.0)
+    assert [event.waited for event in FakeEvent.made] == [False] * 5 + [True]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_calibration_timings() -> None:
+    model = make_block().cuda()
+    batches = awkward_batches()
+    result = calibrate(model, batches, observer=ao.MinMaxObserver)
+    assert all(result[k].seconds > 0 for k in result)
+    assert result.observer_seconds + result.overhead_seconds < result.seconds
+    expected = reference(make_block(), [lambda m, x=x: m(x) for x in batches], ao.MinMaxObserver)
+    for key, observer in expected.items():
+        scale, zero_point = result.qparams()[key]
+        torch.testing.assert_close(scale.cpu(), observer.calculate_qparams()[0], **EXACT)
+        torch.testing.assert_close(zero_point.cpu(), observer.calculate_qparams()[1], **EXACT)
+
+
+def test_observer_hooks_still_run() -> None:
+    """calibrate calls an observer's forward directly only when the observer has no hooks."""
+    seen = []
+
+    def hooked() -> nn.Module:
+        observer = tritonobs.MinMaxObserver()
+        observer.register_forward_hook(lambda module, args, out: seen.append(args[0].shape))
+        return observer
+
+    batches = awkward_batches()
+    calibrate(make_block(), batches, observer=hooked)
+    assert seen[::2] == [x.shape for x in batches]
+
+
+def test_input_passed_by_keyword() -> None:
+    class KeywordCall(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(5, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(input=x)
+
+    batches = awkward_batches()
+    result = calibrate(KeywordCall(), batches)
+    expected = ao.MinMaxObserver()
+    for x in batches:
+        expected(x)
+    assert_same_qparams(result, {"proj.input": expected})
 
 
 @pytest.mark.parametrize(
@@ -308,9 +437,10 @@ def test_save_load_restores_observers_exactly(tmp_path, observer: Any) -> None:
         warnings.simplefilter("ignore", UserWarning)
         loaded = CalibrationResult.load(json_path)
     assert list(loaded) == list(result)
-    assert (loaded.batches, loaded.seconds, loaded.metadata) == (
+    assert (loaded.batches, loaded.seconds, loaded.overhead_seconds, loaded.metadata) == (
         result.batches,
         result.seconds,
+        result.overhead_seconds,
         {"note": "round trip"},
     )
     for key in result:
@@ -356,6 +486,17 @@ def test_load_refuses_other_classes_and_formats(tmp_path) -> None:
     json_path.write_text(json.dumps(document))
     with pytest.raises(ValueError, match=r"version=99"):
         CalibrationResult.load(tmp_path / "q.safetensors")
+
+
+def test_load_file_saved_without_overhead(tmp_path) -> None:
+    """Files written before calibrate measured its overhead load with it unknown."""
+    _, json_path = calibrate(make_block(), awkward_batches()).save(tmp_path / "q")
+    document = json.loads(json_path.read_text())
+    del document["overhead_seconds"]
+    json_path.write_text(json.dumps(document))
+    loaded = CalibrationResult.load(json_path)
+    assert loaded.overhead_seconds is None
+    assert ", calibrate overhead not recorded, total " in loaded.table().splitlines()[-1]
 
 
 def test_sync_calls_sync_observers_after_the_batches(monkeypatch) -> None:

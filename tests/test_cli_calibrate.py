@@ -157,15 +157,51 @@ def test_bfloat16_and_quiet(tiny_llama: Path, tmp_path, capsys) -> None:
     assert document["metadata"]["dtype"] == "bfloat16"
 
 
-def test_compare_torch_ao(tiny_llama: Path, tmp_path, capsys) -> None:
+def test_compare_torch_ao(tiny_llama: Path, tmp_path, capsys, monkeypatch) -> None:
+    """One warm-up run per side, then --repeats runs per side alternating; the qparams written
+    come from one ordinary calibration (a moving average would drift over repeated runs)."""
+    import tritonobs.compare
+
+    sides = []
+    calibrate = tritonobs.compare.calibrate
+
+    def counting(model, batches, observer, **options):
+        sides.append("tritonobs" if observer.__module__.startswith("tritonobs") else "torch.ao")
+        return calibrate(model, batches, observer=observer, **options)
+
+    monkeypatch.setattr(tritonobs.compare, "calibrate", counting)
+    out = tmp_path / "q"
     argv = ["calibrate", "--model", str(tiny_llama), "--observer", "moving-average", "--quiet"]
-    assert main([*argv, "--out", str(tmp_path / "q"), "--compare-torch-ao", *LLAMA_ARGS]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith("tritonobs observers:") and lines[1].endswith(" s)")
-    assert lines[2].startswith("torch.ao  observers:")
-    assert lines[3].startswith(
-        "largest qparams difference vs torch.ao: scale 0 (-), zero_point 0 (-)"
+    argv += ["--out", str(out), "--compare-torch-ao", "--repeats", "2", *LLAMA_ARGS]
+    assert main(argv) == 0
+    assert sides == ["tritonobs", "torch.ao"] * 3
+    assert_file_matches(
+        out.with_suffix(".safetensors"),
+        llama_reference(tiny_llama, ao.MovingAverageMinMaxObserver),
     )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"wrote {out}.safetensors and {out}.json"
+    assert lines[1] == (
+        "timing: 1 untimed warm-up run per side, then 2 timed repeats per side alternating "
+        "tritonobs, torch.ao (fresh observers each run); best = fastest repeat, median = median "
+        f"repeat; device cpu, {torch.get_num_threads()} torch CPU threads"
+    )
+    assert lines[2].split() == [
+        *("observers", "ms", "(best", "/", "median)"),
+        *("calibrate", "overhead", "ms", "(best", "/", "median)"),
+        *("calibration", "total", "ms", "(best", "/", "median)"),
+    ]
+    for line, name in zip(lines[3:5], ("tritonobs", "torch.ao"), strict=True):
+        cells = line.split()
+        assert cells[0] == name and cells[2::3] == ["/"] * 3
+        best, median = [float(c) for c in cells[1::3]], [float(c) for c in cells[3::3]]
+        assert all(0 < b <= m for b, m in zip(best, median, strict=True))
+    assert lines[5].startswith("speedup (torch.ao / tritonobs, >1: tritonobs faster)  ")
+    assert lines[6] == (
+        "largest qparams difference vs torch.ao: scale 0 (all 15 keys equal), "
+        "zero_point 0 (all 15 keys equal)"
+    )
+    assert len(lines) == 7
 
 
 def test_console_script_histogram(tiny_llama: Path, tmp_path) -> None:

