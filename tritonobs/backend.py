@@ -83,6 +83,12 @@ def triton_available() -> bool:
 
 def uses_triton(device: torch.device) -> bool:
     """Whether an op whose inputs live on ``device`` runs its Triton launcher."""
+    return uses_triton_on(device.type == "cuda")
+
+
+def uses_triton_on(cuda: bool) -> bool:
+    """:func:`uses_triton` for a CUDA (``True``) or a CPU device: what each device's registered
+    kernel asks, without building a ``torch.device`` per call."""
     backend = get_backend()
     if backend == "torch":
         return False
@@ -90,4 +96,4 @@ def uses_triton(device: torch.device) -> bool:
         if not triton_available():
             raise RuntimeError("TRITONOBS_BACKEND=triton but the triton package is not installed")
         return True
-    return device.type == "cuda" and triton_available()
+    return cuda and triton_available()

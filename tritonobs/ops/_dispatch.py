@@ -1,9 +1,10 @@
 """Defines a ``tritonobs::<op>`` and registers its per-device kernels.
 
 Every op has a typed public function (its schema), a torch reference (``<op>_torch``) and a Triton
-launcher (``<op>_triton`` in ``tritonobs.kernels.<op>``). The same kernel is registered for CPU and
-CUDA: it runs the launcher when :func:`tritonobs.backend.uses_triton` says so and the reference
-otherwise. The kernel module is imported on first use, so ``import tritonobs`` never imports Triton.
+launcher (``<op>_triton`` in ``tritonobs.kernels.<op>``). A CPU and a CUDA kernel are
+registered: each runs the launcher when :func:`tritonobs.backend.uses_triton` says so for its
+device and the reference otherwise. The kernel module is imported on first use, so
+``import tritonobs`` never imports Triton.
 
 Ops are defined with ``torch.library.define``/``impl`` rather than ``torch.library.custom_op``: the
 latter wraps every call in Python autograd, aliasing and dynamo-disable layers that cost ~15-50 us a
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from tritonobs.backend import uses_triton
+from tritonobs.backend import uses_triton_on
 
 NAMESPACE = "tritonobs"
 
@@ -54,13 +55,16 @@ def define_op(
     module_name, function_name = launcher.split(":")
     module_name = f"tritonobs.kernels.{module_name}"
 
-    def kernel(*args: Any) -> Any:
-        # Every op's first argument is a tensor on the op's device.
-        if uses_triton(args[0].device):
-            # sys.modules first: import_module costs a microsecond even for a loaded module.
-            module = sys.modules.get(module_name) or importlib.import_module(module_name)
-            return getattr(module, function_name)(*args)
-        return reference(*args)
+    def kernel_for(cuda: bool) -> Callable[..., Any]:
+        def kernel(*args: Any) -> Any:
+            if uses_triton_on(cuda):
+                # sys.modules first: import_module costs a microsecond even for a loaded module.
+                module = sys.modules.get(module_name) or importlib.import_module(module_name)
+                return getattr(module, function_name)(*args)
+            return reference(*args)
 
-    torch.library.impl(qualname, ("cpu", "cuda"))(kernel)
+        return kernel
+
+    torch.library.impl(qualname, "cpu")(kernel_for(cuda=False))
+    torch.library.impl(qualname, "cuda")(kernel_for(cuda=True))
     torch.library.register_fake(qualname)(fake)
