@@ -401,3 +401,13 @@ def test_qparams_after_reset_warn_and_default_like_torch_ao(backend, name):
         obs(torch.randn(2, 3))
         obs.reset_min_max_vals()
     _assert_qparams_before_data(ours, reference)
+
+
+@pytest.mark.parametrize("bins", [0, -3])
+def test_histogram_observer_rejects_bins_below_one_at_construction(bins):
+    """torch.ao raises RuntimeError for these (at construction for bins < 0, at the first forward
+    for bins == 0); tritonobs raises it at construction, with the reason."""
+    with pytest.raises(RuntimeError):
+        ao.HistogramObserver(bins=bins)(torch.randn(10))
+    with pytest.raises(RuntimeError, match="bins must be > 0"):
+        tritonobs.HistogramObserver(bins=bins)

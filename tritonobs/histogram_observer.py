@@ -64,6 +64,10 @@ class HistogramObserver(UniformQuantizationObserverBase):
             **kwargs,
         )
         factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
+        if bins < 1:
+            # torch.ao raises RuntimeError too: from torch.zeros at construction for bins < 0, from
+            # torch.histogram at the first forward for bins == 0.
+            raise RuntimeError(f"HistogramObserver: bins must be > 0, got {bins}")
         self.bins = bins
         self.register_buffer("histogram", torch.zeros(self.bins, **factory_kwargs))
         self.register_buffer("min_val", torch.tensor(float("inf"), **factory_kwargs))
