@@ -254,3 +254,42 @@ def test_bad_model_folder_and_device(tmp_path, monkeypatch, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["calibrate", "--batches", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_one_line_errors_for_a_folder_that_is_not_a_model_and_a_bad_device(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["calibrate", "--model", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tritonobs calibrate: error: --model {tmp_path}: not a Hugging Face")
+    assert err.count("\n") == 1
+    assert main(["calibrate", "--device", "tpu"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == "tritonobs calibrate: error: --device tpu: not a torch device (e.g. cpu, cuda, cuda:1)\n"
+    )
+
+
+def test_help_shows_defaults_without_rest_markup(capsys):
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text
+    assert "observer of each Linear input (default: minmax)" in text
+    assert "number of batches (default: 8)" in text
+
+
+def test_quiet_prints_only_the_result_paths(tiny_llama: Path, tmp_path) -> None:
+    """What other libraries print while the model loads is silenced (file-descriptor level)."""
+    script = shutil.which("tritonobs")
+    assert script is not None
+    done = subprocess.run(
+        [script, "calibrate", "--model", str(tiny_llama), "--quiet", "--out", str(tmp_path / "q")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout == f"wrote {tmp_path / 'q.safetensors'} and {tmp_path / 'q.json'}\n"

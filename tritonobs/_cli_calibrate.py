@@ -10,10 +10,12 @@ one warm-up run per side, then ``--repeats`` runs per side, alternating.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import os
 import sys
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each option's default where its help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``calibrate`` on the ``tritonobs`` command's subparsers.
 
@@ -53,8 +65,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "calibrate",
         help="calibrate a Hugging Face model's Linear inputs and write their qparams",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        # The module docstring, without its reST literal markup.
+        description=__doc__.replace("``", ""),
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "--model",
@@ -63,7 +76,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"a local Hugging Face model folder, causal LMs included (default: all-MiniLM-L6-v2 "
         f"from the {DEFAULT_MODEL_PACKAGE} package)",
     )
-    parser.add_argument("--observer", choices=OBSERVER_NAMES, default="minmax")
+    parser.add_argument(
+        "--observer", choices=OBSERVER_NAMES, default="minmax", help="observer of each Linear input"
+    )
     parser.add_argument(
         "--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the model's weights"
     )
@@ -101,6 +116,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=run)
     return parser
+
+
+@contextlib.contextmanager
+def _silenced(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, what other libraries print while the model loads (torchao's extension
+    load failures, torch's pytree warnings, at the file-descriptor level) goes to /dev/null.
+    Errors still propagate and are reported after the streams are restored."""
+    if not quiet:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def default_model_path() -> Path:
@@ -158,7 +198,13 @@ def load_model(path: Path, dtype: torch.dtype, quiet: bool) -> tuple[nn.Module, 
         transformers.logging.disable_progress_bar()
     if not path.is_dir():
         raise FileNotFoundError(f"--model {path}: not a folder")
-    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CalibrationError(
+            f"--model {path}: not a Hugging Face model folder ({reason})"
+        ) from error
     architectures = getattr(config, "architectures", None) or []
     causal = any(name.endswith("ForCausalLM") for name in architectures)
     auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
@@ -204,11 +250,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise CalibrationError(
+            f"--device {args.device}: not a torch device (e.g. cpu, cuda, cuda:1)"
+        ) from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CalibrationError(f"--device {args.device}: CUDA is not available")
     path = args.model if args.model is not None else default_model_path()
-    model, tokenizer = load_model(path, DTYPES[args.dtype], args.quiet)
+    with _silenced(args.quiet):
+        model, tokenizer = load_model(path, DTYPES[args.dtype], args.quiet)
     model.to(device)
     batches = make_batches(
         tokenizer,
