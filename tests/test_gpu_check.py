@@ -58,7 +58,8 @@ def test_gpu_check_dry_run_writes_one_json(tmp_path):
     records = benchmarks["records"]
     files = {Path(r["fullname"].split("::")[0]).name for r in records}
     assert files == {p.name for p in (ROOT / "benchmarks").glob("test_bench_*.py")}
-    assert {r["provider"] for r in records} == {"torch.ao", "tritonobs"}
+    # Peer libraries (ModelOpt, llm-compressor) are providers too where they are installed.
+    assert {"torch.ao", "tritonobs"} <= {r["provider"] for r in records}
     for record in records:
         assert RECORD_KEYS <= record.keys()
         assert record["tritonobs_backend"] == "triton"

@@ -101,10 +101,11 @@ def test_missing_names_are_only_the_affine_ones():
     assert set(missing) == AFFINE_NAMES
 
 
-def test_all_lists_torch_ao_names_the_backend_switch_and_calibrate():
+def test_all_lists_torch_ao_names_the_backend_switch_calibrate_and_llm_calibrators():
     expected = {n for n in ao.__all__ if n not in AFFINE_NAMES}
     expected |= {"get_backend", "set_backend", "use_backend", "__version__"}
     expected |= {"calibrate", "CalibrationResult", "CalibrationError"}
+    expected |= {"AmaxHistogramObserver", "histogram_amax", "weight_qparams"}
     assert set(tritonobs.__all__) == expected
     assert all(hasattr(tritonobs, n) for n in tritonobs.__all__)
 

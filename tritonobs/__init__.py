@@ -8,6 +8,7 @@ from tritonobs.backend import get_backend, set_backend, use_backend
 # ``tritonobs.calibrate`` is the function; import the module's other names with
 # ``from tritonobs.calibrate import ...``.
 from tritonobs.calibrate import CalibrationError, CalibrationResult, calibrate
+from tritonobs.llm_calibrators import AmaxHistogramObserver, histogram_amax, weight_qparams
 from tritonobs.observer import (
     FixedQParamsObserver,
     HistogramObserver,
@@ -46,6 +47,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     *_observer_all,
+    "AmaxHistogramObserver",
+    "histogram_amax",
+    "weight_qparams",
     "CalibrationError",
     "CalibrationResult",
     "calibrate",
