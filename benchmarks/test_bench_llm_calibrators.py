@@ -302,6 +302,7 @@ def test_op(benchmark, op: str, profile: Profile) -> None:
             "provider": "tritonobs",
             "profile": profile.name,
             "time_ms": time_ms,
+            "bytes_moved": 4 * numel,
             "gbps": gbps,
             "copy_gbps": copy_gbps,
             "copy_fraction": gbps / copy_gbps,
