@@ -38,6 +38,7 @@ import torch.distributed as dist
 from tritonobs._base import ObserverBase
 from tritonobs.histogram_observer import HistogramObserver
 from tritonobs.observer import MinMaxObserver, PerChannelMinMaxObserver
+from tritonobs.ops.histogram_rebin import histogram_rebin
 
 __all__ = ["sync_observers"]
 
@@ -252,7 +253,7 @@ def _reduce_sums(
             at = entry.min_at
             # Same range: unchanged; a rank that saw nothing: zeros (the op's contract).
             pieces.append(
-                torch.ops.tritonobs.histogram_rebin(
+                histogram_rebin(
                     obs.histogram, obs.min_val, obs.max_val, low[at], high[at], obs.upsample_rate
                 )
             )

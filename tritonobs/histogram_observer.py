@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-import tritonobs.ops  # noqa: F401  (registers the tritonobs::* ops)
 from tritonobs._base import UniformQuantizationObserverBase
+from tritonobs.ops.histogram_search import histogram_search
+from tritonobs.ops.histogram_update import histogram_update
 from tritonobs.qparams import PER_TENSOR_QSCHEMES
 
 _EPS = torch.finfo(torch.float32).eps
@@ -89,7 +90,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
         self._check_input(x_orig)
         if x_orig.numel() == 0:
             return x_orig
-        torch.ops.tritonobs.histogram_update.default(
+        histogram_update(
             x_orig.detach(),
             self.histogram,
             self.min_val,
@@ -114,7 +115,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
                 "The number of bins in histogram should be equal to the number of bins "
                 "supplied while making this observer"
             )
-        new_min, new_max = torch.ops.tritonobs.histogram_search.default(
+        new_min, new_max = histogram_search(
             self.histogram, self.min_val, self.max_val, self.dst_nbins
         )
         return self._calculate_qparams(new_min, new_max)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-import tritonobs.ops  # noqa: F401  (registers the tritonobs::* ops)
 from tritonobs._base import ObserverBase
+from tritonobs.ops.amax_histogram_update import amax_histogram_update
 from tritonobs.ops.entropy_divergence import entropy_divergence, modelopt_divergence
 from tritonobs.ops.histogram_mse import histogram_mse, int_bound, modelopt_mse
 from tritonobs.ops.weight_mse_sweep import blocks, mse_search, qparams_from_range, weight_groups
@@ -280,7 +280,7 @@ class AmaxHistogramObserver(ObserverBase):
         self._check_input(x_orig)
         if x_orig.numel() == 0:
             return x_orig
-        torch.ops.tritonobs.amax_histogram_update.default(
+        amax_histogram_update(
             x_orig.detach(),
             self.histogram,
             self.bin_edges,

@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
-import tritonobs.ops  # noqa: F401  (registers the tritonobs::* ops)
 from tritonobs._base import ObserverBase, UniformQuantizationObserverBase
 from tritonobs.histogram_observer import HistogramObserver
+from tritonobs.ops.aminmax import aminmax
+from tritonobs.ops.aminmax_per_channel import aminmax_per_channel
 from tritonobs.qparams import PER_CHANNEL_QSCHEMES, PER_TENSOR_QSCHEMES
 
 __all__ = [
@@ -148,7 +149,7 @@ class MinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBase):
         # One dict instead of an nn.Module.__getattr__ per buffer: the host path of a CUDA
         # forward is counted in microseconds.
         buffers = self._buffers
-        torch.ops.tritonobs.aminmax.default(
+        aminmax(
             x_orig.detach(),
             buffers["min_val"],
             buffers["max_val"],
@@ -309,7 +310,7 @@ class PerChannelMinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBas
         min_val, max_val = buffers["min_val"], buffers["max_val"]
         observed = min_val.shape[0]
         if observed == channels:
-            torch.ops.tritonobs.aminmax_per_channel.default(
+            aminmax_per_channel(
                 x_orig.detach(),
                 axis,
                 min_val,
@@ -333,7 +334,7 @@ class PerChannelMinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBas
         first_max = torch.full(
             (channels,), float("-inf"), dtype=max_val.dtype, device=max_val.device
         )
-        torch.ops.tritonobs.aminmax_per_channel.default(
+        aminmax_per_channel(
             x_orig.detach(),
             axis,
             first_min,

@@ -141,6 +141,18 @@ def amax_histogram_update_torch(
     histogram[:used] += _count(a, used, hi, x_max)
 
 
+def _amax_histogram_update_fake(
+    x, histogram, bin_edges, num_bins, num_edges, nonfinite_count, bins, skip_zeros
+):
+    return None
+
+
+@define_op(
+    amax_histogram_update_torch,
+    "amax_histogram_update:amax_histogram_update_triton",
+    _amax_histogram_update_fake,
+    mutates_args=("histogram", "bin_edges", "num_bins", "num_edges", "nonfinite_count"),
+)
 def amax_histogram_update(
     x: torch.Tensor,
     histogram: torch.Tensor,
@@ -166,21 +178,3 @@ def amax_histogram_update(
         bins: bins of the first batch (ModelOpt's ``num_bins``).
         skip_zeros: drop the zeros of each batch.
     """
-    torch.ops.tritonobs.amax_histogram_update.default(
-        x, histogram, bin_edges, num_bins, num_edges, nonfinite_count, bins, skip_zeros
-    )
-
-
-def _amax_histogram_update_fake(
-    x, histogram, bin_edges, num_bins, num_edges, nonfinite_count, bins, skip_zeros
-):
-    return None
-
-
-define_op(
-    amax_histogram_update,
-    amax_histogram_update_torch,
-    "amax_histogram_update:amax_histogram_update_triton",
-    _amax_histogram_update_fake,
-    mutates_args=("histogram", "bin_edges", "num_bins", "num_edges", "nonfinite_count"),
-)

@@ -123,6 +123,16 @@ def aminmax_torch(
     update_running_scalar_(low, high, running_min, running_max, averaging_constant)
 
 
+def _aminmax_fake(x, running_min, running_max, nonfinite_count, averaging_constant):
+    return None
+
+
+@define_op(
+    aminmax_torch,
+    "aminmax:aminmax_triton",
+    _aminmax_fake,
+    mutates_args=("running_min", "running_max", "nonfinite_count"),
+)
 def aminmax(
     x: torch.Tensor,
     running_min: torch.Tensor,
@@ -142,19 +152,3 @@ def aminmax(
         averaging_constant: ``None`` for the running min/max (MinMaxObserver), or the moving-average
             constant (MovingAverageMinMaxObserver).
     """
-    torch.ops.tritonobs.aminmax.default(
-        x, running_min, running_max, nonfinite_count, averaging_constant
-    )
-
-
-def _aminmax_fake(x, running_min, running_max, nonfinite_count, averaging_constant):
-    return None
-
-
-define_op(
-    aminmax,
-    aminmax_torch,
-    "aminmax:aminmax_triton",
-    _aminmax_fake,
-    mutates_args=("running_min", "running_max", "nonfinite_count"),
-)

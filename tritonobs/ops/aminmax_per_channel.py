@@ -53,6 +53,18 @@ def aminmax_per_channel_torch(
     update_running_(batch_min, batch_max, running_min, running_max, averaging_constant)
 
 
+def _aminmax_per_channel_fake(
+    x, ch_axis, running_min, running_max, nonfinite_count, averaging_constant
+):
+    return None
+
+
+@define_op(
+    aminmax_per_channel_torch,
+    "aminmax_per_channel:aminmax_per_channel_triton",
+    _aminmax_per_channel_fake,
+    mutates_args=("running_min", "running_max", "nonfinite_count"),
+)
 def aminmax_per_channel(
     x: torch.Tensor,
     ch_axis: int,
@@ -74,21 +86,3 @@ def aminmax_per_channel(
         nonfinite_count: 0-d int64, incremented by the number of NaN/inf values skipped.
         averaging_constant: ``None`` for min/max, the moving-average constant otherwise.
     """
-    torch.ops.tritonobs.aminmax_per_channel.default(
-        x, ch_axis, running_min, running_max, nonfinite_count, averaging_constant
-    )
-
-
-def _aminmax_per_channel_fake(
-    x, ch_axis, running_min, running_max, nonfinite_count, averaging_constant
-):
-    return None
-
-
-define_op(
-    aminmax_per_channel,
-    aminmax_per_channel_torch,
-    "aminmax_per_channel:aminmax_per_channel_triton",
-    _aminmax_per_channel_fake,
-    mutates_args=("running_min", "running_max", "nonfinite_count"),
-)

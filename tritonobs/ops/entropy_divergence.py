@@ -88,6 +88,16 @@ def entropy_divergence_torch(
     )
 
 
+def _entropy_divergence_fake(counts, start_bin, stride, nbins):
+    n = len(range(start_bin, counts.shape[0] + 1, stride))
+    return counts.new_empty((n,), dtype=torch.float64)
+
+
+@define_op(
+    entropy_divergence_torch,
+    "entropy_divergence:entropy_divergence_triton",
+    _entropy_divergence_fake,
+)
 def entropy_divergence(
     counts: torch.Tensor, start_bin: int, stride: int, nbins: int
 ) -> torch.Tensor:
@@ -104,20 +114,6 @@ def entropy_divergence(
         float64 ``[len(range(start_bin, n + 1, stride))]``: the divergence of each cut (``inf``
         or NaN where ModelOpt's is).
     """
-    return torch.ops.tritonobs.entropy_divergence.default(counts, start_bin, stride, nbins)
-
-
-def _entropy_divergence_fake(counts, start_bin, stride, nbins):
-    n = len(range(start_bin, counts.shape[0] + 1, stride))
-    return counts.new_empty((n,), dtype=torch.float64)
-
-
-define_op(
-    entropy_divergence,
-    entropy_divergence_torch,
-    "entropy_divergence:entropy_divergence_triton",
-    _entropy_divergence_fake,
-)
 
 
 def _rel_entr(x: float, y: float) -> float:

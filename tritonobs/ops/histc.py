@@ -97,6 +97,11 @@ def histc_torch(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) 
     return count_in_range(x32[(x32 >= lo_f) & (x32 <= hi_f)], lo_f, hi_f, bins)
 
 
+def _histc_fake(x, lo, hi, bins):
+    return x.new_empty((bins,), dtype=torch.int64)
+
+
+@define_op(histc_torch, "histc:histc_triton", _histc_fake)
 def histc(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
     """Integer histogram of ``x``'s finite values over ``[lo, hi]``, binned as ``torch.histc``.
 
@@ -110,11 +115,3 @@ def histc(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> tor
     Returns:
         int64 ``[bins]`` counts.
     """
-    return torch.ops.tritonobs.histc.default(x, lo, hi, bins)
-
-
-def _histc_fake(x, lo, hi, bins):
-    return x.new_empty((bins,), dtype=torch.int64)
-
-
-define_op(histc, histc_torch, "histc:histc_triton", _histc_fake)

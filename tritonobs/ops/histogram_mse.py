@@ -75,6 +75,12 @@ def histogram_mse_torch(
     return torch.cat(errors)
 
 
+def _histogram_mse_fake(counts, centers, start_bin, stride, num_bits, unsigned, fp8):
+    n = len(range(start_bin, centers.shape[0], stride))
+    return centers.new_empty((n,), dtype=torch.float64)
+
+
+@define_op(histogram_mse_torch, "histogram_mse:histogram_mse_triton", _histogram_mse_fake)
 def histogram_mse(
     counts: torch.Tensor,
     centers: torch.Tensor,
@@ -99,19 +105,6 @@ def histogram_mse(
         float64 ``[len(range(start_bin, n, stride))]``: per cut, the sum over bins of
         ``(fq(c) - c) ** 2 * n`` (ModelOpt's error times ``n``).
     """
-    return torch.ops.tritonobs.histogram_mse.default(
-        counts, centers, start_bin, stride, num_bits, unsigned, fp8
-    )
-
-
-def _histogram_mse_fake(counts, centers, start_bin, stride, num_bits, unsigned, fp8):
-    n = len(range(start_bin, centers.shape[0], stride))
-    return centers.new_empty((n,), dtype=torch.float64)
-
-
-define_op(
-    histogram_mse, histogram_mse_torch, "histogram_mse:histogram_mse_triton", _histogram_mse_fake
-)
 
 
 def modelopt_mse(

@@ -99,6 +99,11 @@ def histogram_rebin_torch(
     return moved_histogram_torch(histogram, orig_min, orig_max, new_lo, new_hi, upsample_rate)
 
 
+def _histogram_rebin_fake(histogram, orig_min, orig_max, new_min, new_max, upsample_rate):
+    return torch.empty_like(histogram)
+
+
+@define_op(histogram_rebin_torch, "histogram_rebin:histogram_rebin_triton", _histogram_rebin_fake)
 def histogram_rebin(
     histogram: torch.Tensor,
     orig_min: torch.Tensor,
@@ -120,18 +125,3 @@ def histogram_rebin(
     Returns:
         float32 ``[bins]``: the old mass in the new bins (the same total up to float32 rounding).
     """
-    return torch.ops.tritonobs.histogram_rebin.default(
-        histogram, orig_min, orig_max, new_min, new_max, upsample_rate
-    )
-
-
-def _histogram_rebin_fake(histogram, orig_min, orig_max, new_min, new_max, upsample_rate):
-    return torch.empty_like(histogram)
-
-
-define_op(
-    histogram_rebin,
-    histogram_rebin_torch,
-    "histogram_rebin:histogram_rebin_triton",
-    _histogram_rebin_fake,
-)

@@ -187,6 +187,15 @@ def histogram_search_torch(
     return range_of_bins(histogram, min_val, max_val, start, end)
 
 
+def _histogram_search_fake(histogram, min_val, max_val, dst_nbins):
+    return torch.empty_like(min_val), torch.empty_like(max_val)
+
+
+@define_op(
+    histogram_search_torch,
+    "histogram_search:histogram_search_triton",
+    _histogram_search_fake,
+)
 def histogram_search(
     histogram: torch.Tensor, min_val: torch.Tensor, max_val: torch.Tensor, dst_nbins: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,16 +213,3 @@ def histogram_search(
         ``(new_min, new_max)``, 0-d float32: ``min_val + bin_width * start_bin`` and
         ``min_val + bin_width * (end_bin + 1)`` for the chosen bins.
     """
-    return torch.ops.tritonobs.histogram_search.default(histogram, min_val, max_val, dst_nbins)
-
-
-def _histogram_search_fake(histogram, min_val, max_val, dst_nbins):
-    return torch.empty_like(min_val), torch.empty_like(max_val)
-
-
-define_op(
-    histogram_search,
-    histogram_search_torch,
-    "histogram_search:histogram_search_triton",
-    _histogram_search_fake,
-)

@@ -71,6 +71,16 @@ def histogram_update_torch(
     max_val.fill_(new_max)
 
 
+def _histogram_update_fake(x, histogram, min_val, max_val, nonfinite_count, upsample_rate):
+    return None
+
+
+@define_op(
+    histogram_update_torch,
+    "histogram_update:histogram_update_triton",
+    _histogram_update_fake,
+    mutates_args=("histogram", "min_val", "max_val", "nonfinite_count"),
+)
 def histogram_update(
     x: torch.Tensor,
     histogram: torch.Tensor,
@@ -93,19 +103,3 @@ def histogram_update(
     Buffers of another floating dtype (float64 via ``factory_kwargs``) work too: the torch
     reference follows torch.ao's ops on them, the Triton kernels round-trip through float32.
     """
-    torch.ops.tritonobs.histogram_update.default(
-        x, histogram, min_val, max_val, nonfinite_count, upsample_rate
-    )
-
-
-def _histogram_update_fake(x, histogram, min_val, max_val, nonfinite_count, upsample_rate):
-    return None
-
-
-define_op(
-    histogram_update,
-    histogram_update_torch,
-    "histogram_update:histogram_update_triton",
-    _histogram_update_fake,
-    mutates_args=("histogram", "min_val", "max_val", "nonfinite_count"),
-)

@@ -95,6 +95,15 @@ def quantization_error_torch(
     return torch.cat(errors) if errors else histogram.new_empty(0)
 
 
+def _quantization_error_fake(histogram, min_val, max_val, start_bins, end_bins, dst_nbins):
+    return histogram.new_empty(start_bins.shape, dtype=torch.float32)
+
+
+@define_op(
+    quantization_error_torch,
+    "quantization_error:quantization_error_triton",
+    _quantization_error_fake,
+)
 def quantization_error(
     histogram: torch.Tensor,
     min_val: torch.Tensor,
@@ -116,18 +125,3 @@ def quantization_error(
     Returns:
         float32 ``[K]``: the error of each candidate, 0 where ``min_val == max_val``.
     """
-    return torch.ops.tritonobs.quantization_error.default(
-        histogram, min_val, max_val, start_bins, end_bins, dst_nbins
-    )
-
-
-def _quantization_error_fake(histogram, min_val, max_val, start_bins, end_bins, dst_nbins):
-    return histogram.new_empty(start_bins.shape, dtype=torch.float32)
-
-
-define_op(
-    quantization_error,
-    quantization_error_torch,
-    "quantization_error:quantization_error_triton",
-    _quantization_error_fake,
-)

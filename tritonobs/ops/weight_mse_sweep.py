@@ -163,6 +163,15 @@ def _pow(error: torch.Tensor, norm: float) -> torch.Tensor:
     return error.pow_(norm)
 
 
+def _weight_mse_sweep_fake(groups, scales, zero_points, num_bits, fp8, symmetric, norm):
+    return scales.new_empty(scales.shape, dtype=groups.dtype)
+
+
+@define_op(
+    weight_mse_sweep_torch,
+    "weight_mse_sweep:weight_mse_sweep_triton",
+    _weight_mse_sweep_fake,
+)
 def weight_mse_sweep(
     groups: torch.Tensor,
     scales: torch.Tensor,
@@ -187,21 +196,6 @@ def weight_mse_sweep(
     Returns:
         ``[S, G]`` errors in ``groups``' dtype.
     """
-    return torch.ops.tritonobs.weight_mse_sweep.default(
-        groups, scales, zero_points, num_bits, fp8, symmetric, norm
-    )
-
-
-def _weight_mse_sweep_fake(groups, scales, zero_points, num_bits, fp8, symmetric, norm):
-    return scales.new_empty(scales.shape, dtype=groups.dtype)
-
-
-define_op(
-    weight_mse_sweep,
-    weight_mse_sweep_torch,
-    "weight_mse_sweep:weight_mse_sweep_triton",
-    _weight_mse_sweep_fake,
-)
 
 
 # Grid steps evaluated per call of the error sweep: the search stops after ``patience`` steps
