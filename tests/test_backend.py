@@ -20,9 +20,12 @@ OPS = ("tritonobs::aminmax", "tritonobs::aminmax_per_channel")
 
 @pytest.fixture
 def no_override():
-    """Clears the Python override so the environment variable decides; restores it afterwards."""
+    """Clears the Python override so the environment variable decides, and forgets the variable's
+    value read so far (it is read once); restores both afterwards."""
     previous = set_backend(None)
+    backend_module._environment_backend.cache_clear()
     yield
+    backend_module._environment_backend.cache_clear()
     set_backend(previous)
 
 

@@ -170,3 +170,17 @@ def test_eager_entry_and_dispatcher_give_the_same_state(index):
             expected = watched.calculate_qparams()
         for a, b in zip(plain.calculate_qparams(), expected, strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("index", range(len(_observers())))
+def test_input_requiring_grad_is_observed_detached(index):
+    observer = _observers()[index]
+    x = torch.randn(7, 9, requires_grad=True)
+    assert observer(x) is x
+    reference = _observers()[index]
+    reference(x.detach().clone())
+    for (name, a), (_, b) in zip(
+        observer.state_dict().items(), reference.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+        assert not a.requires_grad, name

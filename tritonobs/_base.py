@@ -93,6 +93,12 @@ except ImportError:  # torch.ao.quantization is deprecated upstream and may go a
     _with_callable_args = _fallback_with_callable_args  # type: ignore[assignment]
 
 
+def detached(x: torch.Tensor) -> torch.Tensor:
+    """``x`` cut from autograd, without a new tensor when it is not part of a graph (``detach``
+    costs as much as the rest of a tiny forward's host work)."""
+    return x.detach() if x.requires_grad else x
+
+
 class ObserverBase(_TorchAOObserverBase):
     """Base of every tritonobs observer; an instance of torch.ao's ``ObserverBase`` when it exists.
 

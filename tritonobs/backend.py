@@ -8,8 +8,9 @@ only picks, inside that device's kernel, between the Triton launcher and the tor
 * ``triton``: Triton everywhere. On CPU tensors that needs Triton's interpreter, so
   ``TRITON_INTERPRET=1`` must be in the environment before anything imports ``triton``.
 
-Set it with the environment variable ``TRITONOBS_BACKEND`` or, in Python, with
-:func:`set_backend` or the :func:`use_backend` context manager (which win over the variable).
+Set it with the environment variable ``TRITONOBS_BACKEND`` (read once, the first time an op runs
+or :func:`get_backend` is called) or, in Python, with :func:`set_backend` or the
+:func:`use_backend` context manager (which win over the variable and take effect at once).
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ def _check(name: str, where: str) -> Backend:
 
 def get_backend() -> Backend:
     """The backend in force: the Python override if set, else ``TRITONOBS_BACKEND``, else ``auto``."""
-    if _override is not None:
-        return _override
+    return _override or _environment_backend()
+
+
+@functools.cache
+def _environment_backend() -> Backend:
+    """``TRITONOBS_BACKEND``, read once: every op call asks for the backend, and reading the
+    environment costs about a microsecond (as much as the rest of a CUDA launch's host work)."""
     value = os.environ.get("TRITONOBS_BACKEND")
     if value is None:
         return "auto"
@@ -89,11 +95,11 @@ def uses_triton(device: torch.device) -> bool:
 def uses_triton_on(cuda: bool) -> bool:
     """:func:`uses_triton` for a CUDA (``True``) or a CPU device: what each device's registered
     kernel asks, without building a ``torch.device`` per call."""
-    backend = get_backend()
+    backend = _override or _environment_backend()
+    if backend == "auto":
+        return cuda and triton_available()
     if backend == "torch":
         return False
-    if backend == "triton":
-        if not triton_available():
-            raise RuntimeError("TRITONOBS_BACKEND=triton but the triton package is not installed")
-        return True
-    return cuda and triton_available()
+    if not triton_available():
+        raise RuntimeError("TRITONOBS_BACKEND=triton but the triton package is not installed")
+    return True

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from tritonobs._base import UniformQuantizationObserverBase
+from tritonobs._base import UniformQuantizationObserverBase, detached
 from tritonobs.ops.histogram_search import histogram_search
 from tritonobs.ops.histogram_update import histogram_update
 from tritonobs.qparams import PER_TENSOR_QSCHEMES
@@ -91,7 +91,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
         if x_orig.numel() == 0:
             return x_orig
         histogram_update(
-            x_orig.detach(),
+            detached(x_orig),
             self.histogram,
             self.min_val,
             self.max_val,

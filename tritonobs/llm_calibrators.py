@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tritonobs._base import ObserverBase
+from tritonobs._base import ObserverBase, detached
 from tritonobs.ops.amax_histogram_update import amax_histogram_update
 from tritonobs.ops.entropy_divergence import entropy_divergence, modelopt_divergence
 from tritonobs.ops.histogram_mse import histogram_mse, int_bound, modelopt_mse
@@ -281,7 +281,7 @@ class AmaxHistogramObserver(ObserverBase):
         if x_orig.numel() == 0:
             return x_orig
         amax_histogram_update(
-            x_orig.detach(),
+            detached(x_orig),
             self.histogram,
             self.bin_edges,
             self.num_bins,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from tritonobs._base import ObserverBase, UniformQuantizationObserverBase
+from tritonobs._base import ObserverBase, UniformQuantizationObserverBase, detached
 from tritonobs.histogram_observer import HistogramObserver
 from tritonobs.ops.aminmax import aminmax
 from tritonobs.ops.aminmax_per_channel import aminmax_per_channel
@@ -150,7 +150,7 @@ class MinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBase):
         # forward is counted in microseconds.
         buffers = self._buffers
         aminmax(
-            x_orig.detach(),
+            detached(x_orig),
             buffers["min_val"],
             buffers["max_val"],
             buffers["nonfinite_count"],
@@ -311,7 +311,7 @@ class PerChannelMinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBas
         observed = min_val.shape[0]
         if observed == channels:
             aminmax_per_channel(
-                x_orig.detach(),
+                detached(x_orig),
                 axis,
                 min_val,
                 max_val,
@@ -335,7 +335,7 @@ class PerChannelMinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBas
             (channels,), float("-inf"), dtype=max_val.dtype, device=max_val.device
         )
         aminmax_per_channel(
-            x_orig.detach(),
+            detached(x_orig),
             axis,
             first_min,
             first_max,
