@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from tritonobs._base import UniformQuantizationObserverBase, detached
+from tritonobs._base import FLOAT_INPUT_DTYPES, UniformQuantizationObserverBase, detached
 from tritonobs.ops.histogram_search import histogram_search
 from tritonobs.ops.histogram_update import histogram_update
 from tritonobs.qparams import PER_TENSOR_QSCHEMES
@@ -87,7 +87,8 @@ class HistogramObserver(UniformQuantizationObserverBase):
 
         One op, ``tritonobs::histogram_update``, that writes the buffers. No host sync on CUDA.
         """
-        self._check_input(x_orig)
+        if not (isinstance(x_orig, torch.Tensor) and x_orig.dtype in FLOAT_INPUT_DTYPES):
+            self._check_input(x_orig)  # raises the TypeError
         if x_orig.numel() == 0:
             return x_orig
         histogram_update(

@@ -23,7 +23,12 @@ from typing import Any
 
 import torch
 
-from tritonobs._base import ObserverBase, UniformQuantizationObserverBase, detached
+from tritonobs._base import (
+    FLOAT_INPUT_DTYPES,
+    ObserverBase,
+    UniformQuantizationObserverBase,
+    detached,
+)
 from tritonobs.histogram_observer import HistogramObserver
 from tritonobs.ops.aminmax import aminmax
 from tritonobs.ops.aminmax_per_channel import aminmax_per_channel
@@ -143,7 +148,8 @@ class MinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBase):
         Raises:
             TypeError: ``x_orig`` is not a floating-point tensor.
         """
-        self._check_input(x_orig)
+        if not (isinstance(x_orig, torch.Tensor) and x_orig.dtype in FLOAT_INPUT_DTYPES):
+            self._check_input(x_orig)  # raises the TypeError
         if x_orig.numel() == 0:
             return x_orig
         # One dict instead of an nn.Module.__getattr__ per buffer: the host path of a CUDA
@@ -295,7 +301,8 @@ class PerChannelMinMaxObserver(_NonfiniteCounter, UniformQuantizationObserverBas
             ValueError: ``ch_axis`` is out of range for ``x_orig``, or its channel count differs
                 from the one observed so far (the state is left unchanged).
         """
-        self._check_input(x_orig)
+        if not (isinstance(x_orig, torch.Tensor) and x_orig.dtype in FLOAT_INPUT_DTYPES):
+            self._check_input(x_orig)  # raises the TypeError
         if x_orig.numel() == 0:
             return x_orig
         ndim = x_orig.dim()

@@ -77,10 +77,9 @@ def define_op(
         qualname = f"{NAMESPACE}::{signature.__name__}"
         schema = torch.library.infer_schema(signature, mutates_args=mutates_args)
         torch.library.define(qualname, schema)
-        cpu_kernel = _kernel(reference, launcher, cuda=False)
-        cuda_kernel = _kernel(reference, launcher, cuda=True)
-        torch.library.impl(qualname, "cpu")(cpu_kernel)
-        torch.library.impl(qualname, "cuda")(cuda_kernel)
+        load = _loader(launcher)
+        torch.library.impl(qualname, "cpu")(_kernel(reference, load, cuda=False))
+        torch.library.impl(qualname, "cuda")(_kernel(reference, load, cuda=True))
         torch.library.register_fake(qualname)(fake)
         overload = getattr(getattr(torch.ops, NAMESPACE), signature.__name__).default
 
@@ -96,11 +95,13 @@ def define_op(
                     and not _is_torch_function_mode_enabled()
                     and not _profiler_enabled()
                     and _get_tracing_state() is None
+                    and (x.is_cuda or x.is_cpu)
                 ):
-                    if x.is_cuda:
-                        return cuda_kernel(*args, **kwargs)
-                    if x.is_cpu:
-                        return cpu_kernel(*args, **kwargs)
+                    # The registered kernel's choice, inline: each Python frame on this path
+                    # costs microseconds when a model's layers run between two calls.
+                    if uses_triton_on(x.is_cuda):
+                        return load()(*args, **kwargs)
+                    return reference(*args, **kwargs)
             return overload(*args, **kwargs)
 
         return call  # type: ignore[return-value]
@@ -108,17 +109,29 @@ def define_op(
     return decorate
 
 
-def _kernel(reference: Callable[..., Any], launcher: str, cuda: bool) -> Callable[..., Any]:
-    """The kernel registered for CUDA (``cuda=True``) or CPU: the launcher when
-    :func:`tritonobs.backend.uses_triton_on` says so, the reference otherwise."""
+def _loader(launcher: str) -> Callable[[], Callable[..., Any]]:
+    """A function returning the launcher ``"<module>:<function>"`` of ``tritonobs.kernels``,
+    imported on first use (so that ``import tritonobs`` never imports Triton)."""
     module_name, function_name = launcher.split(":")
     module_name = f"tritonobs.kernels.{module_name}"
 
+    def load() -> Callable[..., Any]:
+        # sys.modules first: import_module costs a microsecond even for a loaded module.
+        module = sys.modules.get(module_name) or importlib.import_module(module_name)
+        return getattr(module, function_name)
+
+    return load
+
+
+def _kernel(
+    reference: Callable[..., Any], load: Callable[[], Callable[..., Any]], cuda: bool
+) -> Callable[..., Any]:
+    """The kernel registered for CUDA (``cuda=True``) or CPU: the launcher when
+    :func:`tritonobs.backend.uses_triton_on` says so, the reference otherwise."""
+
     def kernel(*args: Any, **kwargs: Any) -> Any:
         if uses_triton_on(cuda):
-            # sys.modules first: import_module costs a microsecond even for a loaded module.
-            module = sys.modules.get(module_name) or importlib.import_module(module_name)
-            return getattr(module, function_name)(*args, **kwargs)
+            return load()(*args, **kwargs)
         return reference(*args, **kwargs)
 
     return kernel

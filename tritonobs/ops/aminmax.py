@@ -46,38 +46,6 @@ def update_running_(
     running_max.copy_(torch.where(seen, new_max, old_max))
 
 
-def update_running_scalar_(
-    batch_min: float,
-    batch_max: float,
-    running_min: torch.Tensor,
-    running_max: torch.Tensor,
-    averaging_constant: float | None,
-) -> None:
-    """:func:`update_running_` for one running value, with the batch's min/max as host floats.
-
-    The arithmetic is float32 (numpy scalars round after each operation, as torch's float32
-    kernels do), and a buffer is written only when its value changes.
-    """
-    if batch_min > batch_max:
-        return
-    old_min, old_max = float(running_min), float(running_max)
-    if averaging_constant is None:
-        # NaN in the running value stays (torch.minimum propagates it): the comparison is false.
-        if batch_min < old_min:
-            running_min.fill_(batch_min)
-        if batch_max > old_max:
-            running_max.fill_(batch_max)
-        return
-    if old_min == math.inf and old_max == -math.inf:
-        running_min.fill_(batch_min)
-        running_max.fill_(batch_max)
-        return
-    c = np.float32(averaging_constant)
-    low, high = np.float32(old_min), np.float32(old_max)
-    running_min.fill_(float(low + c * (np.float32(batch_min) - low)))
-    running_max.fill_(float(high + c * (np.float32(batch_max) - high)))
-
-
 def all_finite(batch_min: torch.Tensor, batch_max: torch.Tensor) -> bool:
     """Whether every batch min and max is finite, in one host read.
 
@@ -105,22 +73,41 @@ def aminmax_torch(
     """Torch reference of :func:`aminmax`: the batch's min/max, the rest on host floats.
 
     The batch's min/max are read on the host (free on CPU; a sync on CUDA, where the Triton
-    launcher runs instead), so a clean batch costs its reductions and at most two ``fill_``.
+    launcher runs instead), so a clean batch costs its reductions and at most two ``fill_``. The
+    moving average is float32 arithmetic (numpy scalars round after each operation, as torch's
+    float32 kernels do). One function, no helpers: this is the whole CPU forward of MinMaxObserver
+    and each Python call on it costs microseconds between a model's layers.
     """
     batch_min, batch_max = torch.aminmax(x)
     if x.dtype == torch.float64:
         # Compared in float32: values beyond its range become inf (non-finite).
         batch_min, batch_max = batch_min.float(), batch_max.float()
-    low, high = float(batch_min), float(batch_max)
+    low, high = batch_min.item(), batch_max.item()
     if not (math.isfinite(low) and math.isfinite(high)):
         x32, finite = finite_float32(x)
         skipped = x.numel() - int(finite.sum())
         nonfinite_count.add_(skipped)
         if skipped == x.numel():
             return
-        low = float(torch.where(finite, x32, math.inf).amin())
-        high = float(torch.where(finite, x32, -math.inf).amax())
-    update_running_scalar_(low, high, running_min, running_max, averaging_constant)
+        low = torch.where(finite, x32, math.inf).amin().item()
+        high = torch.where(finite, x32, -math.inf).amax().item()
+    old_min, old_max = running_min.item(), running_max.item()
+    if averaging_constant is None:
+        # Written only when it changes; a NaN running value stays (the comparison is false), as
+        # torch.minimum/maximum keep it.
+        if low < old_min:
+            running_min.fill_(low)
+        if high > old_max:
+            running_max.fill_(high)
+        return
+    if old_min == math.inf and old_max == -math.inf:
+        running_min.fill_(low)
+        running_max.fill_(high)
+        return
+    c = np.float32(averaging_constant)
+    old_low, old_high = np.float32(old_min), np.float32(old_max)
+    running_min.fill_(float(old_low + c * (np.float32(low) - old_low)))
+    running_max.fill_(float(old_high + c * (np.float32(high) - old_high)))
 
 
 def _aminmax_fake(x, running_min, running_max, nonfinite_count, averaging_constant):
