@@ -34,7 +34,17 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonobs.kernels._launch import cdiv, device_guard, next_power_of_2, sm_count, workspace
+from tritonobs.kernels._launch import (
+    COPIES,
+    SPEC_SMS,
+    LaunchConfig,
+    cdiv,
+    device_guard,
+    next_power_of_2,
+    options,
+    sm_count,
+    workspace,
+)
 
 # Elements per tile (8192: 16 KiB of bf16, 32 values per thread at 8 warps).
 TILE = 8192
@@ -50,9 +60,6 @@ INTERPRETER_PROGRAMS = 16
 MAX_ROW_AXES = 3
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# Compile options of every launch, and of every COMPILE_SPECS entry (one source for both). No FMA
-# contraction: the EMA rounds after each operation, as torch does.
-OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 
 
 @triton.jit
@@ -286,23 +293,25 @@ def reduced_axes(
     return merged or [(1, 1)]
 
 
-def _tile_shape(rows: int, channels: int, k: int, channel_inner: bool, programs: int):
-    """``(BLOCK_R, BLOCK_C, BLOCK_K)``: the contiguous axis first, up to ``TILE`` elements."""
+def _tile_shape(
+    rows: int, channels: int, k: int, channel_inner: bool, programs: int, tile: int
+) -> tuple[int, int, int]:
+    """``(BLOCK_R, BLOCK_C, BLOCK_K)``: the contiguous axis first, up to ``tile`` elements."""
     if channel_inner:
-        block_c = min(next_power_of_2(channels), TILE)
+        block_c = min(next_power_of_2(channels), tile)
         while block_c > MIN_CONTIGUOUS and cdiv(channels, block_c) * MAX_SPLITS < programs:
             block_c //= 2
-        block_k = min(next_power_of_2(k), TILE // block_c)
+        block_k = min(next_power_of_2(k), tile // block_c)
     else:
-        block_k = min(next_power_of_2(k), TILE)
-        block_c = min(next_power_of_2(channels), TILE // block_k)
+        block_k = min(next_power_of_2(k), tile)
+        block_c = min(next_power_of_2(channels), tile // block_k)
         # Many short channels: wider channel blocks, so that each program has several tiles.
         while (
             block_k > MIN_CONTIGUOUS and block_c < channels and cdiv(channels, block_c) > programs
         ):
             block_k //= 2
             block_c *= 2
-    block_r = min(next_power_of_2(rows), TILE // (block_c * block_k))
+    block_r = min(next_power_of_2(rows), tile // (block_c * block_k))
     return block_r, block_c, block_k
 
 
@@ -339,8 +348,13 @@ def _plan(
     strides: tuple[int, ...],
     ch_axis: int | None,
     programs: int,
+    itemsize: int = 4,
 ) -> Plan:
-    """The :class:`Plan` for a tensor of this shape and strides, ``programs`` programs aimed at."""
+    """The :class:`Plan` for a tensor of this shape and strides, ``programs`` programs aimed at.
+
+    Tiles hold ``TILE`` elements, half as many for 8-byte elements and a quarter for several row
+    axes (whose per-element 64-bit offsets would take the kernel past 128 registers at 8 warps).
+    """
     axes = reduced_axes(shape, strides, ch_axis)
     (k, stride_k), rows = axes[-1], axes[:-1]
     row_sizes = [n for n, _ in rows] + [1] * (MAX_ROW_AXES - len(rows))
@@ -351,7 +365,8 @@ def _plan(
         channels, stride_c = shape[ch_axis], strides[ch_axis]
     row_count = math.prod(row_sizes)
     channel_inner = channels > 1 and stride_c < stride_k
-    block_r, block_c, block_k = _tile_shape(row_count, channels, k, channel_inner, programs)
+    tile = TILE // 4 if len(rows) > 1 else TILE // 2 if itemsize > 4 else TILE
+    block_r, block_c, block_k = _tile_shape(row_count, channels, k, channel_inner, programs, tile)
     n_cblocks = cdiv(channels, block_c)
     n_kblocks = cdiv(k, block_k)
     n_tiles = cdiv(row_count, block_r) * n_kblocks
@@ -377,7 +392,7 @@ def _plan(
         "BLOCK_R": block_r,
         "BLOCK_C": block_c,
         "BLOCK_K": block_k,
-        "SPLIT_BLOCK": max(1, min(next_power_of_2(n_splits), TILE // block_c)),
+        "SPLIT_BLOCK": max(1, min(next_power_of_2(n_splits), tile // block_c)),
         "MULTI_SPLIT": multi,
     }
     return Plan(
@@ -388,6 +403,14 @@ def _plan(
         tickets=n_cblocks if multi else 1,
         partials=2 * n_splits * channels if multi else 1,
     )
+
+
+def launch_config(plan: Plan, ema: bool) -> LaunchConfig:
+    """The kernel, constexprs and options of the launch of ``plan`` (and of its COMPILE_SPECS).
+
+    No FMA contraction: the EMA rounds after each operation, as torch does.
+    """
+    return LaunchConfig(_aminmax_kernel, {**plan.constexprs, "EMA": ema}, options(NUM_WARPS))
 
 
 def _needs_copy(shape: tuple[int, ...], strides: tuple[int, ...], ch_axis: int | None) -> bool:
@@ -406,8 +429,8 @@ class Launch:
     Attributes:
         plan: the grid and kernel arguments.
         out_shape: the running state's shape (``()`` or ``(C,)``).
-        kwargs: the keyword arguments of the launch but ``averaging_constant`` (integers,
-            constexprs, ``num_warps``, ``enable_fp_fusion``).
+        kwargs: the keyword arguments of the launch but ``averaging_constant`` (integers, then
+            :func:`launch_config`'s constexprs and options).
         tickets: the per-device ticket workspace (left at zero by every launch).
         partials: the per-device partial min/max workspace (written before it is read).
     """
@@ -425,15 +448,12 @@ _LAUNCHES: dict[tuple, Launch] = {}
 def plan_for(x: torch.Tensor, ch_axis: int | None) -> Plan:
     """The :class:`Plan` over ``x`` (a contiguous copy's when ``x`` has too many axes)."""
     shape, strides = tuple(x.shape), tuple(x.stride())
+    programs = _programs(x.device, x.numel())
     if _needs_copy(shape, strides, ch_axis):
-        plan = _plan(
-            shape,
-            torch.empty(shape, device="meta").stride(),
-            ch_axis,
-            _programs(x.device, x.numel()),
-        )
+        dense = torch.empty(shape, device="meta").stride()
+        plan = _plan(shape, dense, ch_axis, programs, x.element_size())
         return dataclasses.replace(plan, contiguous=True)
-    return _plan(shape, strides, ch_axis, _programs(x.device, x.numel()))
+    return _plan(shape, strides, ch_axis, programs, x.element_size())
 
 
 def launch_for(x: torch.Tensor, ch_axis: int | None, ema: bool) -> Launch:
@@ -453,12 +473,7 @@ def launch_for(x: torch.Tensor, ch_axis: int | None, ema: bool) -> Launch:
         if x.numel() == 0:
             raise ValueError("aminmax: x has no elements")
         plan = plan_for(x, ch_axis)
-        kwargs = {
-            **plan.args,
-            **plan.constexprs,
-            "EMA": ema,
-            **OPTIONS,
-        }
+        kwargs = {**plan.args, **launch_config(plan, ema).kwargs}
         launch = Launch(
             plan=plan,
             out_shape=() if ch_axis is None else (x.shape[ch_axis],),
@@ -503,6 +518,7 @@ def aminmax_update(
         running_max.copy_(state[1])
         return
     if launch.plan.contiguous:
+        COPIES["aminmax"] += 1
         x = x.contiguous()
     with device_guard(x.device):
         _aminmax_kernel[launch.plan.grid](
@@ -533,7 +549,7 @@ def _spec(
     shape: tuple[int, ...],
     ch_axis: int | None,
     strides: tuple[int, ...] | None = None,
-    **flags: bool,
+    ema: bool = False,
 ):
     """A COMPILE_SPECS entry: the launch on an H200 (132 SMs) for a tensor of this shape/strides.
 
@@ -542,36 +558,35 @@ def _spec(
     """
     if strides is None:
         strides = torch.empty(shape, device="meta").stride()
-    plan = _plan(shape, strides, ch_axis, PROGRAMS_PER_SM * 132)
-    constexprs = dict(plan.constexprs)
-    signature = {name: "*fp32" for name in _aminmax_kernel.arg_names}
-    signature |= {
+    itemsize = 8 if dtype == "fp64" else 4
+    plan = _plan(shape, strides, ch_axis, PROGRAMS_PER_SM * SPEC_SMS, itemsize)
+    signature = {
         "x_ptr": f"*{dtype}",
+        "running_min_ptr": "*fp32",
+        "running_max_ptr": "*fp32",
         "nonfinite_ptr": "*i64",
+        "partial_ptr": "*fp32",
         "ticket_ptr": "*i64",
         "averaging_constant": "fp32",
     }
+    ones = {name: 1 for name, value in plan.args.items() if value == 1}
     for name, value in plan.args.items():
-        if value == 1:
-            constexprs[name] = 1
-        else:
+        if value != 1:
             signature[name] = ("i64" if value >= 2**31 else "i32") + (
                 ":16" if value % 16 == 0 else ""
             )
-    constexprs |= {"EMA": False} | flags
-    signature |= dict.fromkeys(constexprs, "constexpr")
-    return _aminmax_kernel, signature, constexprs, OPTIONS
+    return launch_config(plan, ema).spec(signature, ones)
 
 
 COMPILE_SPECS = [
     # per tensor (one row of K after merging); fp16 below, with int64 sizes
     *(_spec(dtype, (8192, 8192), None) for dtype in ("fp32", "bf16", "fp64")),
     # per channel, channel axis outermost (weights, ch_axis=0)
-    _spec("bf16", (8192, 8192), 0, EMA=True),
+    _spec("bf16", (8192, 8192), 0, ema=True),
     # per channel, channel axis innermost (activations, ch_axis=-1)
-    _spec("bf16", (8192, 8192), 1, EMA=True),
+    _spec("bf16", (8192, 8192), 1, ema=True),
     # x[::2, ::2, ::2, ::2, ::2] of a [6, 10, 14, 18, 22] tensor: three row axes
-    _spec("fp32", (3, 5, 7, 9, 11), 2, (110880, 11088, 792, 44, 2), EMA=True),
+    _spec("fp32", (3, 5, 7, 9, 11), 2, (110880, 11088, 792, 44, 2), ema=True),
     # over 2**31 elements: int64 sizes
     _spec("fp16", (65536, 65536), None),
 ]

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from tritonobs.kernels._launch import cdiv, device_guard, next_power_of_2
+from tritonobs.kernels._launch import LaunchConfig, cdiv, device_guard, next_power_of_2, options
 from tritonobs.ops.entropy_divergence import prefix_sums
 
 BLOCK_CUTS = 16
 MAX_BLOCK_GROUPS = 64
 NUM_WARPS = 4
-OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 
 
 @triton.jit
@@ -80,9 +81,19 @@ def _entropy_divergence_kernel(
     tl.store(out_ptr + offs, kl, mask=valid)
 
 
+@functools.cache
+def launch_config(nbins: int) -> LaunchConfig:
+    """The launch of ``_entropy_divergence_kernel`` for ``nbins`` quantization levels."""
+    constexprs = {
+        "NBINS": nbins,
+        "BLOCK_CUTS": BLOCK_CUTS,
+        "BLOCK_GROUPS": min(next_power_of_2(nbins), MAX_BLOCK_GROUPS),
+    }
+    return LaunchConfig(_entropy_divergence_kernel, constexprs, options(NUM_WARPS))
+
+
 COMPILE_SPECS = [
-    (
-        _entropy_divergence_kernel,
+    launch_config(nbins).spec(
         {
             "prefix_ptr": "*fp64",
             "b_ptr": "*i64",
@@ -91,12 +102,7 @@ COMPILE_SPECS = [
             "start_bin": "i32",
             "stride": "i32",
             "num_cuts": "i32",
-            "NBINS": "constexpr",
-            "BLOCK_CUTS": "constexpr",
-            "BLOCK_GROUPS": "constexpr",
-        },
-        {"NBINS": nbins, "BLOCK_CUTS": BLOCK_CUTS, "BLOCK_GROUPS": min(nbins, MAX_BLOCK_GROUPS)},
-        OPTIONS,
+        }
     )
     for nbins in (8, 128, 256)
 ]
@@ -124,9 +130,6 @@ def entropy_divergence_triton(
             start_bin,
             stride,
             num_cuts,
-            NBINS=nbins,
-            BLOCK_CUTS=BLOCK_CUTS,
-            BLOCK_GROUPS=min(next_power_of_2(nbins), MAX_BLOCK_GROUPS),
-            **OPTIONS,
+            **launch_config(nbins).kwargs,
         )
     return out

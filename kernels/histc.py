@@ -28,7 +28,17 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonobs.kernels._launch import cdiv, device_guard, next_power_of_2, sm_count, workspace
+from tritonobs.kernels._launch import (
+    COPIES,
+    SPEC_SMS,
+    LaunchConfig,
+    cdiv,
+    device_guard,
+    next_power_of_2,
+    options,
+    sm_count,
+    workspace,
+)
 
 # Up to this many bins a program keeps its counts in registers and flushes them once.
 LOCAL_HIST_MAX_BINS = 4096
@@ -59,7 +69,7 @@ def flat_view(x: torch.Tensor) -> torch.Tensor:
 
     ``x`` itself when contiguous (a launch reads only its data pointer); a transposed (dense,
     permuted) tensor as the permutation that is contiguous, read in place; only tensors with gaps
-    (slices, expanded dimensions) are copied.
+    (slices, expanded dimensions) are copied, and counted in ``COPIES["flat_view"]``.
     """
     if x.is_contiguous():
         return x
@@ -67,6 +77,7 @@ def flat_view(x: torch.Tensor) -> torch.Tensor:
     permuted = x.permute(order)
     if permuted.is_contiguous():
         return permuted
+    COPIES["flat_view"] += 1
     return x.contiguous()
 
 
@@ -257,14 +268,25 @@ def _histc_kernel(
         )
 
 
+def stats_config(bins: int, count: bool) -> LaunchConfig:
+    """The launch of ``_histogram_stats_kernel``: the observer's fused pass (``count``) or
+    ``histc``'s pre-pass."""
+    constexprs = {**counting(bins), "COUNT": count, "BLOCK": BLOCK}
+    return LaunchConfig(_histogram_stats_kernel, constexprs, options(NUM_WARPS))
+
+
+def histc_config(bins: int, programs: int) -> LaunchConfig:
+    """The launch of ``_histc_kernel`` after a pre-pass of at most ``programs`` programs."""
+    constexprs = {**counting(bins), "PARTS_P2": next_power_of_2(programs), "BLOCK": BLOCK}
+    return LaunchConfig(_histc_kernel, constexprs, options(NUM_WARPS))
+
+
 @functools.cache
 def _histc_plan(numel: int, device: torch.device, bins: int) -> tuple[tuple[int], dict, dict]:
-    """``(grid, stats constexprs, histc constexprs)`` of a ``histc`` launch pair."""
+    """``(grid, stats kwargs, histc kwargs)`` of a ``histc`` launch pair."""
     programs, tiles = stream_grid(numel, device)
-    options = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
-    stats = {**counting(bins), "COUNT": False, "BLOCK": BLOCK, **options}
-    parts_p2 = next_power_of_2(max_programs(device))
-    histc = {**counting(bins), "PARTS_P2": parts_p2, "BLOCK": BLOCK, **options}
+    stats = stats_config(bins, count=False).kwargs
+    histc = histc_config(bins, max_programs(device)).kwargs
     return (programs,), {"tiles": tiles, **stats}, {"tiles": tiles, **histc}
 
 
@@ -310,64 +332,34 @@ def _stats_signature(dtype: str) -> dict[str, str]:
         "part_nonfinite_ptr": "*i64",
         "counts_ptr": "*i64",
         "tiles": "i32",
-        "NBINS": "constexpr",
-        "ACC_BINS": "constexpr",
-        "LOCAL": "constexpr",
-        "COUNT": "constexpr",
-        "BLOCK": "constexpr",
     }
 
 
-_HISTC_SIGNATURE = {
-    "x_ptr": "*fp32",
-    "n": "i64",
-    "lo_ptr": "*fp32",
-    "hi_ptr": "*fp32",
-    "part_min_ptr": "*fp32",
-    "part_max_ptr": "*fp32",
-    "n_parts": "i32",
-    "counts_ptr": "*i64",
-    "tiles": "i32",
-    "NBINS": "constexpr",
-    "ACC_BINS": "constexpr",
-    "LOCAL": "constexpr",
-    "PARTS_P2": "constexpr",
-    "BLOCK": "constexpr",
-}
+def _histc_signature(dtype: str) -> dict[str, str]:
+    return {
+        "x_ptr": f"*{dtype}",
+        "n": "i64",
+        "lo_ptr": "*fp32",
+        "hi_ptr": "*fp32",
+        "part_min_ptr": "*fp32",
+        "part_max_ptr": "*fp32",
+        "n_parts": "i32",
+        "counts_ptr": "*i64",
+        "tiles": "i32",
+    }
 
-# The observer's fused pass for each input dtype with the default 2048 bins, and with more than
-# LOCAL_HIST_MAX_BINS bins (an atomic per value); histc's pair in fp32, with both countings.
-# 132 SMs (H100/H200) -> 528 programs -> 1024 partials.
-OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+
+# Every input dtype (float64 is read as such and rounded to float32 in the kernel) with the default
+# 2048 bins, and fp32 with more than LOCAL_HIST_MAX_BINS bins (an atomic per value): the observer's
+# fused pass, histc's pre-pass and histc's count. On an H200: 4 programs x 132 SMs.
+INPUT_DTYPES = ("fp32", "fp16", "bf16", "fp64")
 COMPILE_SPECS = [
+    *(stats_config(2048, count=True).spec(_stats_signature(dt)) for dt in INPUT_DTYPES),
+    stats_config(8192, count=True).spec(_stats_signature("fp32")),
+    *(stats_config(2048, count=False).spec(_stats_signature(dt)) for dt in INPUT_DTYPES),
     *(
-        (
-            _histogram_stats_kernel,
-            _stats_signature(dt),
-            {**counting(2048), "COUNT": True, "BLOCK": BLOCK},
-            OPTIONS,
-        )
-        for dt in ("fp32", "fp16", "bf16")
+        histc_config(2048, PROGRAMS_PER_SM * SPEC_SMS).spec(_histc_signature(dt))
+        for dt in INPUT_DTYPES
     ),
-    (
-        _histogram_stats_kernel,
-        _stats_signature("fp32"),
-        {**counting(8192), "COUNT": True, "BLOCK": BLOCK},
-        OPTIONS,
-    ),
-    (
-        _histogram_stats_kernel,
-        _stats_signature("fp32"),
-        {**counting(2048), "COUNT": False, "BLOCK": BLOCK},
-        OPTIONS,
-    ),
-    *(
-        (
-            _histc_kernel,
-            _HISTC_SIGNATURE,
-            {**counting(bins), "PARTS_P2": 1024, "BLOCK": BLOCK},
-            OPTIONS,
-        )
-        for bins in (2048, 8192)
-    ),
+    histc_config(8192, PROGRAMS_PER_SM * SPEC_SMS).spec(_histc_signature("fp32")),
 ]

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from tritonobs.kernels._launch import cdiv, device_guard
+from tritonobs.kernels._launch import LaunchConfig, cdiv, device_guard, options
 from tritonobs.ops.histogram_mse import FP8_MAX, ZERO_AMAX, int_bound
 
 BLOCK_CUTS = 8
 BLOCK_CENTERS = 256
 NUM_WARPS = 4
-# No FMA contraction: every product and sum rounds as torch's float32 ops do.
-OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 # 1.5 * 2**23: adding and subtracting it rounds a float32 |v| < 2**22 to an integer, half to even.
 ROUNDER = tl.constexpr(12582912.0)
 _FP8_MAX = tl.constexpr(FP8_MAX)
@@ -95,9 +95,16 @@ def _histogram_mse_kernel(
     tl.store(out_ptr + offs, acc, mask=valid)
 
 
+@functools.cache
+def launch_config(fp8: bool) -> LaunchConfig:
+    """The launch of ``_histogram_mse_kernel``; no FMA contraction: every product and sum rounds as
+    torch's float32 ops do."""
+    constexprs = {"FP8": fp8, "BLOCK_CUTS": BLOCK_CUTS, "BLOCK_CENTERS": BLOCK_CENTERS}
+    return LaunchConfig(_histogram_mse_kernel, constexprs, options(NUM_WARPS))
+
+
 COMPILE_SPECS = [
-    (
-        _histogram_mse_kernel,
+    launch_config(fp8).spec(
         {
             "counts_ptr": "*fp32",
             "centers_ptr": "*fp32",
@@ -108,12 +115,7 @@ COMPILE_SPECS = [
             "num_cuts": "i32",
             "bound": "fp32",
             "low": "fp32",
-            "FP8": "constexpr",
-            "BLOCK_CUTS": "constexpr",
-            "BLOCK_CENTERS": "constexpr",
-        },
-        {"FP8": fp8, "BLOCK_CUTS": BLOCK_CUTS, "BLOCK_CENTERS": BLOCK_CENTERS},
-        OPTIONS,
+        }
     )
     for fp8 in (False, True)
 ]
@@ -146,9 +148,6 @@ def histogram_mse_triton(
             num_cuts,
             bound,
             0.0 if unsigned else -bound,
-            FP8=fp8,
-            BLOCK_CUTS=BLOCK_CUTS,
-            BLOCK_CENTERS=BLOCK_CENTERS,
-            **OPTIONS,
+            **launch_config(fp8).kwargs,
         )
     return out

@@ -16,11 +16,20 @@ of the atomics does not change the result, which is rounded once to float32 at t
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from tritonobs.kernels._launch import cdiv, device_guard, next_power_of_2, workspace
+from tritonobs.kernels._launch import (
+    LaunchConfig,
+    cdiv,
+    device_guard,
+    next_power_of_2,
+    options,
+    workspace,
+)
 
 # Old bins per program of the scatter: a [BLOCK_BINS, UPSAMPLE] tile, 16 programs for 2048 bins.
 BLOCK_BINS = 128
@@ -154,6 +163,21 @@ def scatter_constexprs(bins: int, upsample_rate: int) -> dict[str, int]:
     }
 
 
+@functools.cache
+def scatter_config(bins: int, upsample_rate: int) -> LaunchConfig:
+    """The launch of ``_histogram_rebin_scatter_kernel``."""
+    constexprs = scatter_constexprs(bins, upsample_rate)
+    return LaunchConfig(_histogram_rebin_scatter_kernel, constexprs, options(NUM_WARPS))
+
+
+@functools.cache
+def finish_config(bins: int) -> LaunchConfig:
+    """The launch of ``_histogram_rebin_kernel``."""
+    return LaunchConfig(
+        _histogram_rebin_kernel, {"NBINS": bins, "BLOCK": BLOCK}, options(NUM_WARPS)
+    )
+
+
 def histogram_rebin_triton(
     histogram: torch.Tensor,
     orig_min: torch.Tensor,
@@ -192,49 +216,24 @@ def histogram_rebin_triton(
     out = torch.empty_like(histogram)
     with device_guard(device):
         _histogram_rebin_scatter_kernel[(cdiv(bins, BLOCK_BINS),)](
-            histogram, orig_min, orig_max, new_min, new_max, acc, num_warps=NUM_WARPS,
-            enable_fp_fusion=False, **scatter_constexprs(bins, upsample_rate),
+            histogram, orig_min, orig_max, new_min, new_max, acc,
+            **scatter_config(bins, upsample_rate).kwargs,
         )  # fmt: skip
         _histogram_rebin_kernel[(cdiv(bins, BLOCK),)](
-            histogram, orig_min, orig_max, new_min, new_max, acc, out, NBINS=bins, BLOCK=BLOCK,
-            num_warps=NUM_WARPS, enable_fp_fusion=False,
-        )  # fmt: skip
+            histogram, orig_min, orig_max, new_min, new_max, acc, out, **finish_config(bins).kwargs
+        )
     return out
 
 
-OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+_SCALARS = {
+    "hist_ptr": "*fp32",
+    "orig_min_ptr": "*fp32",
+    "orig_max_ptr": "*fp32",
+    "new_min_ptr": "*fp32",
+    "new_max_ptr": "*fp32",
+    "acc_ptr": "*fp64",
+}
 COMPILE_SPECS = [
-    (
-        _histogram_rebin_scatter_kernel,
-        {
-            "hist_ptr": "*fp32",
-            "orig_min_ptr": "*fp32",
-            "orig_max_ptr": "*fp32",
-            "new_min_ptr": "*fp32",
-            "new_max_ptr": "*fp32",
-            "acc_ptr": "*fp64",
-            "NBINS": "constexpr",
-            "UPSAMPLE": "constexpr",
-            "UP_P2": "constexpr",
-            "BLOCK_BINS": "constexpr",
-        },
-        scatter_constexprs(2048, 16),
-        OPTIONS,
-    ),
-    (
-        _histogram_rebin_kernel,
-        {
-            "hist_ptr": "*fp32",
-            "orig_min_ptr": "*fp32",
-            "orig_max_ptr": "*fp32",
-            "new_min_ptr": "*fp32",
-            "new_max_ptr": "*fp32",
-            "acc_ptr": "*fp64",
-            "out_ptr": "*fp32",
-            "NBINS": "constexpr",
-            "BLOCK": "constexpr",
-        },
-        {"NBINS": 2048, "BLOCK": BLOCK},
-        OPTIONS,
-    ),
+    scatter_config(2048, 16).spec(_SCALARS),
+    finish_config(2048).spec({**_SCALARS, "out_ptr": "*fp32"}),
 ]

@@ -15,13 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonobs.kernels._launch import device_guard
+from tritonobs.kernels._launch import LaunchConfig, device_guard, options
 from tritonobs.kernels.quantization_error import quantization_error_triton
 from tritonobs.ops.histogram_search import histogram_search_torch, range_of_bins, search_path
 
 BLOCK = 1024
-# Compile options of the launch and of its COMPILE_SPECS entry (one source for both).
-OPTIONS = {"num_warps": 4, "enable_fp_fusion": False}
+NUM_WARPS = 4
 # The first batch is small because the walk usually stops within a few moves; on a GPU a longer
 # batch costs little and each batch costs a host round-trip, so later batches grow fast.
 FIRST_BATCH = 8
@@ -62,9 +61,10 @@ def _histogram_search_kernel(
     tl.store(stopped_ptr, (first < K).to(tl.int32))
 
 
+# The launch and its COMPILE_SPECS entry.
+CONFIG = LaunchConfig(_histogram_search_kernel, {"BLOCK": BLOCK}, options(NUM_WARPS))
 COMPILE_SPECS = [
-    (
-        _histogram_search_kernel,
+    CONFIG.spec(
         {
             "err_ptr": "*fp32",
             "bounds_ptr": "*i64",
@@ -72,10 +72,7 @@ COMPILE_SPECS = [
             "norm_min_ptr": "*fp32",
             "chosen_ptr": "*i64",
             "stopped_ptr": "*i32",
-            "BLOCK": "constexpr",
-        },
-        {"BLOCK": BLOCK},
-        OPTIONS,
+        }
     )
 ]
 
@@ -116,7 +113,7 @@ def histogram_search_triton(
         )
         with device_guard(device):
             _histogram_search_kernel[(1,)](
-                errors, bounds, len(candidates), norm_min, chosen, stopped, BLOCK=BLOCK, **OPTIONS
+                errors, bounds, len(candidates), norm_min, chosen, stopped, **CONFIG.kwargs
             )
         if len(candidates) < batch or stopped.item():
             break

@@ -29,16 +29,27 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonobs.kernels._launch import cdiv, device_guard, next_power_of_2, workspace
+from tritonobs.kernels._launch import (
+    SPEC_SMS,
+    LaunchConfig,
+    cdiv,
+    device_guard,
+    next_power_of_2,
+    options,
+    workspace,
+)
 from tritonobs.kernels.histc import (
     BLOCK,
-    OPTIONS,
+    INPUT_DTYPES,
+    NUM_WARPS,
+    PROGRAMS_PER_SM,
     _count_tiles,
     _histogram_stats_kernel,
     _reduce_partials,
     counting,
     flat_view,
     max_programs,
+    stats_config,
     stream_grid,
 )
 from tritonobs.kernels.histogram_rebin import BLOCK_BINS, _rebin_scatter_rows, scatter_constexprs
@@ -179,6 +190,23 @@ def _histogram_update_kernel(
     tl.store(counts_a_ptr + offs, tl.zeros((BLOCK,), tl.int64), mask=in_bounds)
 
 
+def regrow_config(bins: int, upsample_rate: int, programs: int) -> LaunchConfig:
+    """The launch of ``_histogram_regrow_kernel`` after a pass of at most ``programs`` programs."""
+    constexprs = {
+        **counting(bins),
+        **scatter_constexprs(bins, upsample_rate),
+        "PARTS_P2": next_power_of_2(programs),
+        "BLOCK": BLOCK,
+    }
+    return LaunchConfig(_histogram_regrow_kernel, constexprs, options(NUM_WARPS))
+
+
+def combine_config(bins: int) -> LaunchConfig:
+    """The launch of ``_histogram_update_kernel``."""
+    constexprs = {"NBINS": bins, "BLOCK": COMBINE_BLOCK}
+    return LaunchConfig(_histogram_update_kernel, constexprs, options(COMBINE_WARPS))
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """The three launches of one forward over ``numel`` elements into ``bins`` bins on a device.
@@ -187,7 +215,8 @@ class Plan:
         numel: elements of the input.
         programs: programs of the streaming passes (one partial each).
         stream_grid, regrow_grid, combine_grid: the launch grids.
-        stats, regrow, combine: constexprs and compile options of each launch.
+        stats, regrow, combine: keyword arguments of each launch (``tiles``, then the config's
+            constexprs and compile options).
         part_min, part_max, decision: float32 views of the partials workspace.
         part_nonfinite: int64 NaN/inf partials (a workspace).
         counts_a, counts_b: int64 views of the counts workspace; rebinned: its float64 view.
@@ -215,7 +244,7 @@ _PLANS: dict[tuple[int, torch.device, int, int], Plan] = {}
 
 def _plan(numel: int, device: torch.device, bins: int, upsample_rate: int) -> Plan:
     programs, tiles = stream_grid(numel, device)
-    count = counting(bins)
+    regrow = regrow_config(bins, upsample_rate, max_programs(device))
     counts = workspace(device, "histogram_update_counts", 3 * bins, torch.int64)
     partials = workspace(device, "histogram_update_partials", 2 * programs + 3, torch.float32)
     return Plan(
@@ -224,21 +253,9 @@ def _plan(numel: int, device: torch.device, bins: int, upsample_rate: int) -> Pl
         stream_grid=(programs,),
         regrow_grid=(programs + cdiv(bins, BLOCK_BINS),),
         combine_grid=(cdiv(bins, COMBINE_BLOCK),),
-        stats={"tiles": tiles, **count, "COUNT": True, "BLOCK": BLOCK, **OPTIONS},
-        regrow={
-            "tiles": tiles,
-            **count,
-            **scatter_constexprs(bins, upsample_rate),
-            "PARTS_P2": next_power_of_2(max_programs(device)),
-            "BLOCK": BLOCK,
-            **OPTIONS,
-        },
-        combine={
-            "NBINS": bins,
-            "BLOCK": COMBINE_BLOCK,
-            "num_warps": COMBINE_WARPS,
-            "enable_fp_fusion": False,
-        },
+        stats={"tiles": tiles, **stats_config(bins, count=True).kwargs},
+        regrow={"tiles": tiles, **regrow.kwargs},
+        combine=combine_config(bins).kwargs,
         part_min=partials[:programs],
         part_max=partials[programs : 2 * programs],
         decision=partials[2 * programs : 2 * programs + 3],
@@ -326,40 +343,24 @@ def _regrow_signature(dtype: str) -> dict[str, str]:
         "rebinned_ptr": "*fp64",
         "decision_ptr": "*fp32",
         "tiles": "i32",
-        **dict.fromkeys(
-            ("NBINS", "ACC_BINS", "LOCAL", "PARTS_P2", "BLOCK", "UPSAMPLE", "UP_P2", "BLOCK_BINS"),
-            "constexpr",
-        ),
     }
 
 
-def _regrow_constexprs(bins: int) -> dict[str, object]:
-    # 132 SMs (H100/H200) -> 528 programs -> 1024 partials.
-    return {**counting(bins), **scatter_constexprs(bins, 16), "PARTS_P2": 1024, "BLOCK": BLOCK}
+_COMBINE_SIGNATURE = {
+    "hist_ptr": "*fp32",
+    "min_ptr": "*fp32",
+    "max_ptr": "*fp32",
+    "decision_ptr": "*fp32",
+    "counts_a_ptr": "*i64",
+    "counts_b_ptr": "*i64",
+    "rebinned_ptr": "*fp64",
+}
 
-
-# The re-pass for each input dtype with the default 2048 bins, and with more than
-# LOCAL_HIST_MAX_BINS bins (an atomic per value); the combine.
+# The re-pass for each input dtype with the default 2048 bins, and fp32 with more than
+# LOCAL_HIST_MAX_BINS bins (an atomic per value); the combine. The fused pass is histc's.
+_SPEC_PROGRAMS = PROGRAMS_PER_SM * SPEC_SMS
 COMPILE_SPECS = [
-    *(
-        (_histogram_regrow_kernel, _regrow_signature(dt), _regrow_constexprs(2048), OPTIONS)
-        for dt in ("fp32", "fp16", "bf16")
-    ),
-    (_histogram_regrow_kernel, _regrow_signature("fp32"), _regrow_constexprs(8192), OPTIONS),
-    (
-        _histogram_update_kernel,
-        {
-            "hist_ptr": "*fp32",
-            "min_ptr": "*fp32",
-            "max_ptr": "*fp32",
-            "decision_ptr": "*fp32",
-            "counts_a_ptr": "*i64",
-            "counts_b_ptr": "*i64",
-            "rebinned_ptr": "*fp64",
-            "NBINS": "constexpr",
-            "BLOCK": "constexpr",
-        },
-        {"NBINS": 2048, "BLOCK": COMBINE_BLOCK},
-        {"num_warps": COMBINE_WARPS, "enable_fp_fusion": False},
-    ),
+    *(regrow_config(2048, 16, _SPEC_PROGRAMS).spec(_regrow_signature(dt)) for dt in INPUT_DTYPES),
+    regrow_config(8192, 16, _SPEC_PROGRAMS).spec(_regrow_signature("fp32")),
+    combine_config(2048).spec(_COMBINE_SIGNATURE),
 ]

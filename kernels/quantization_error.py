@@ -6,15 +6,12 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonobs.kernels._launch import cdiv, device_guard
+from tritonobs.kernels._launch import LaunchConfig, cdiv, device_guard, options
 from tritonobs.ops.quantization_error import quantization_error_torch
 
 BLOCK_K = 8
 BLOCK_BINS = 256
-NUM_WARPS = 8
-# Compile options of the launch and of its COMPILE_SPECS entry (one source for both); no FMA
-# contraction, so the errors round as the torch reference's.
-OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -106,9 +103,15 @@ def _quantization_error_kernel(
     tl.store(out_ptr + offs_k, errors, mask=mask_k)
 
 
+# The launch and its COMPILE_SPECS entry; no FMA contraction, so the errors round as the torch
+# reference's.
+CONFIG = LaunchConfig(
+    _quantization_error_kernel,
+    {"BLOCK_K": BLOCK_K, "BLOCK_BINS": BLOCK_BINS},
+    options(NUM_WARPS),
+)
 COMPILE_SPECS = [
-    (
-        _quantization_error_kernel,
+    CONFIG.spec(
         {
             "hist_ptr": "*fp32",
             "min_ptr": "*fp32",
@@ -119,11 +122,7 @@ COMPILE_SPECS = [
             "bins": "i32",
             "K": "i32",
             "dst_nbins": "i32",
-            "BLOCK_K": "constexpr",
-            "BLOCK_BINS": "constexpr",
-        },
-        {"BLOCK_K": BLOCK_K, "BLOCK_BINS": BLOCK_BINS},
-        OPTIONS,
+        }
     )
 ]
 
@@ -169,8 +168,6 @@ def quantization_error_triton(
             histogram.numel(),
             k,
             dst_nbins,
-            BLOCK_K=BLOCK_K,
-            BLOCK_BINS=BLOCK_BINS,
-            **OPTIONS,
+            **CONFIG.kwargs,
         )
     return errors

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from tritonobs.kernels._launch import device_guard, next_power_of_2
+from tritonobs.kernels._launch import LaunchConfig, device_guard, next_power_of_2, options
 from tritonobs.kernels.histogram_mse import round_e4m3, round_half_even
 from tritonobs.ops.weight_mse_sweep import qrange, weight_mse_sweep_torch
 
 MAX_BLOCK = 1024
 NUM_WARPS = 4
-OPTIONS = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 # Weight dtypes the kernel computes in (others take the torch reference).
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
@@ -94,9 +95,23 @@ def _weight_mse_sweep_kernel(
     tl.store(out_ptr + s * rows + g, _to_dtype(tl.sum(acc), DTYPE))
 
 
+@functools.cache
+def launch_config(
+    dtype: torch.dtype, fp8: bool, symmetric: bool, libdevice_pow: bool, n: int
+) -> LaunchConfig:
+    """The launch of ``_weight_mse_sweep_kernel`` over groups of ``n`` weights of ``dtype``."""
+    constexprs = {
+        "DTYPE": DTYPES[dtype],
+        "FP8": fp8,
+        "SYMMETRIC": symmetric,
+        "LIBDEVICE_POW": libdevice_pow,
+        "BLOCK": min(MAX_BLOCK, next_power_of_2(n)),
+    }
+    return LaunchConfig(_weight_mse_sweep_kernel, constexprs, options(NUM_WARPS))
+
+
 COMPILE_SPECS = [
-    (
-        _weight_mse_sweep_kernel,
+    launch_config(dtype, fp8, symmetric, True, MAX_BLOCK).spec(
         {
             "groups_ptr": f"*{name}",
             "scales_ptr": "*fp32",
@@ -107,22 +122,9 @@ COMPILE_SPECS = [
             "q_min": "fp32",
             "q_max": "fp32",
             "norm": "fp32",
-            "DTYPE": "constexpr",
-            "FP8": "constexpr",
-            "SYMMETRIC": "constexpr",
-            "LIBDEVICE_POW": "constexpr",
-            "BLOCK": "constexpr",
-        },
-        {
-            "DTYPE": code,
-            "FP8": fp8,
-            "SYMMETRIC": symmetric,
-            "LIBDEVICE_POW": True,
-            "BLOCK": MAX_BLOCK,
-        },
-        OPTIONS,
+        }
     )
-    for name, code in (("fp32", 0), ("bf16", 1), ("fp16", 2))
+    for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16"))
     for fp8 in (False, True)
     for symmetric in (True, False)
 ]
@@ -160,11 +162,6 @@ def weight_mse_sweep_triton(
             # torch's pow rounds a Python exponent to the tensor's dtype (2.4 is 2.40625 in
             # bfloat16) for 16-bit floats, to float32 otherwise.
             float(torch.tensor(norm, dtype=groups.dtype)),
-            DTYPE=DTYPES[groups.dtype],
-            FP8=fp8,
-            SYMMETRIC=symmetric,
-            LIBDEVICE_POW=groups.device.type == "cuda",
-            BLOCK=min(MAX_BLOCK, next_power_of_2(n)),
-            **OPTIONS,
+            **launch_config(groups.dtype, fp8, symmetric, groups.device.type == "cuda", n).kwargs,
         )
     return out.to(groups.dtype)

@@ -1,8 +1,10 @@
 """Compile every Triton kernel of ``tritonobs.kernels`` for sm_90 (H100/H200) on a machine without a GPU.
 
 The interpreter runs kernels on CPU tensors but never sees the real compiler. This script does: it
-builds PTX and a cubin of each kernel variant for ``GPUTarget("cuda", 90, 32)`` and prints its
-registers and spills, so type errors, unsupported ops and register pressure show up in CI.
+builds PTX and a cubin of each kernel variant for ``GPUTarget("cuda", 90, 32)`` with the ptxas that
+Triton's wheel bundles (no CUDA toolkit, no driver) and prints its registers, spills, shared memory,
+the blocks that fit on one SM, and what its PTX holds (``cp.async``, ``div.*.f32``, the widest
+global load), so type errors, unsupported ops and register pressure show up in CI.
 
 Convention: every ``kernels/<op>.py`` that defines a ``@triton.jit`` function exports::
 
@@ -18,8 +20,11 @@ the code), with the launcher's own values so that the register counts are the re
   ``"i32:16"`` / ``"i64:16"`` marks an integer the launch passes as a multiple of 16 (the runtime
   specialises those, which lets loads vectorise: strides, sizes), as in ``triton.tools.compile``;
 * ``constexprs``: the value of each constexpr argument;
-* options (optional): what the launcher passes besides the grid (``num_warps``, ``num_stages``,
-  ``enable_fp_fusion``).
+* options: what the launcher passes besides the grid (``num_warps``, ``num_stages``,
+  ``enable_fp_fusion``); a spec that does not pin ``enable_fp_fusion`` fails.
+
+Launchers make their specs with ``LaunchConfig.spec`` (``kernels/_launch.py``) from the function
+that makes their launches, so the options and constexprs compiled here are the launched ones.
 
 Pointers are compiled as 16-byte aligned (as the runtime specialises torch's allocations). Every
 ``@triton.jit`` function whose name ends in ``_kernel`` must appear in at least one spec; helpers
@@ -27,15 +32,18 @@ called from kernels need none. A module with a ``@triton.jit`` function and no `
 
 Run it in a process without the interpreter (``tests/test_compile_sm90.py`` does)::
 
-    TRITON_INTERPRET=0 python tests/compile_sm90.py [module ...]
+    TRITON_INTERPRET=0 python tests/compile_sm90.py [--json OUT] [module ...]
 
-Prints one line per spec; exits 1 if a module breaks the convention or a spec fails to compile.
+Prints one line per spec (``--json`` also writes them as records); exits 1 if a module breaks the
+convention or a spec fails to compile.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import os
 import pkgutil
 import re
@@ -55,6 +63,56 @@ from triton.runtime.jit import JITFunction
 import tritonobs.kernels
 
 TARGET = GPUTarget("cuda", 90, 32)
+
+# Per-SM limits of sm_90 (H100/H200): registers, shared memory (bytes; the runtime reserves 1 KiB
+# per block), threads and blocks, and the granularity of register allocation (per warp).
+SM_REGISTERS = 65536
+SM_SHARED = 228 * 1024
+BLOCK_RESERVED_SHARED = 1024
+SM_THREADS = 2048
+SM_BLOCKS = 32
+REGISTER_UNIT = 256
+
+
+@dataclasses.dataclass
+class Record:
+    """One compiled spec: what ptxas and the PTX say about it."""
+
+    module: str
+    kernel: str
+    label: str
+    options: dict[str, object]
+    num_warps: int
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    shared: int
+    blocks_per_sm: int
+    cp_async: int
+    div_f32: int
+    max_load_bits: int
+    fma_f32: int
+    pointer_dtypes: dict[str, str]
+
+
+def blocks_per_sm(registers: int, num_warps: int, shared: int) -> int:
+    """Blocks of ``num_warps`` warps that fit on one sm_90 SM at once (the occupancy rules)."""
+    per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    by_registers = SM_REGISTERS // (per_warp * num_warps)
+    by_shared = SM_SHARED // (shared + BLOCK_RESERVED_SHARED)
+    return min(by_registers, by_shared, SM_THREADS // (32 * num_warps), SM_BLOCKS)
+
+
+def ptx_facts(ptx: str) -> dict[str, int]:
+    """Counts in the PTX text: ``cp.async`` instructions, ``div.*.f32``, ``fma.rn.f32``, and the
+    widest global load in bits (vector width x element bits; 0 when there is none)."""
+    loads = re.findall(r"\bld\.global(?:\.[a-z0-9_]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b", ptx)
+    return {
+        "cp_async": len(re.findall(r"\bcp\.async\.(?:ca|cg)\b", ptx)),
+        "div_f32": len(re.findall(r"\bdiv(?:\.[a-z]+)*\.f32\b", ptx)),
+        "max_load_bits": max((int(v or 1) * int(bits) for v, bits in loads), default=0),
+        "fma_f32": len(re.findall(r"\bfma\.rn\.f32\b", ptx)),
+    }
 
 
 def jit_functions(module: ModuleType) -> dict[str, JITFunction]:
@@ -109,8 +167,9 @@ def registers_and_spills(kernel: triton.compiler.CompiledKernel) -> tuple[int, i
     )
 
 
-def check_module(name: str) -> int:
-    """Compile ``tritonobs.kernels.<name>``'s specs; returns the number of failures."""
+def check_module(name: str, records: list[Record]) -> int:
+    """Compile ``tritonobs.kernels.<name>``'s specs, appending a record per spec to ``records``;
+    returns the number of failures."""
     try:
         module = importlib.import_module(f"tritonobs.kernels.{name}")
     except Exception:
@@ -131,6 +190,9 @@ def check_module(name: str) -> int:
     for fn, signature, constexprs, *rest in specs:
         options = rest[0] if rest else {}
         label = f"{name}.{fn.fn.__name__} [{variant(signature, constexprs, options)}]"
+        if "enable_fp_fusion" not in options:
+            print(f"FAIL {label}: enable_fp_fusion is not pinned")
+            failures += 1
         attrs = {
             (fn.arg_names.index(arg),): [["tt.divisibility", 16]]
             for arg, ty in signature.items()
@@ -148,22 +210,49 @@ def check_module(name: str) -> int:
             failures += 1
             continue
         seconds = time.perf_counter() - start
+        num_warps = kernel.metadata.num_warps
+        shared = kernel.metadata.shared
+        record = Record(
+            module=name,
+            kernel=fn.fn.__name__,
+            label=label,
+            options=dict(options),
+            num_warps=num_warps,
+            registers=regs,
+            spill_stores=spill_stores,
+            spill_loads=spill_loads,
+            shared=shared,
+            blocks_per_sm=blocks_per_sm(regs, num_warps, shared),
+            **ptx_facts(kernel.asm["ptx"]),
+            pointer_dtypes={a: t[1:] for a, t in signature.items() if t.startswith("*")},
+        )
+        records.append(record)
         spills = f"spills {spill_stores}B st/{spill_loads}B ld"
         warn = "  <-- SPILLS" if spill_stores > 0 or spill_loads > 0 else ""
-        print(f"ok   {label}: {regs} registers, {spills}, {seconds:.2f} s{warn}")
+        print(
+            f"ok   {label}: {regs} registers, {spills}, {shared} B shared, "
+            f"{record.blocks_per_sm} blocks/SM, cp.async {record.cp_async}, "
+            f"div.f32 {record.div_f32}, {record.max_load_bits}-bit loads, "
+            f"{seconds:.2f} s{warn}"
+        )
     return failures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="kernel modules to check (default: all)")
+    parser.add_argument("--json", help="also write one record per spec to this file")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("needs the real compiler: run it with TRITON_INTERPRET unset or 0")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     names = args.modules or sorted(m.name for m in pkgutil.iter_modules(tritonobs.kernels.__path__))
-    failures = sum(check_module(name) for name in names)
-    print(f"{len(names)} modules, {failures} failures")
+    records: list[Record] = []
+    failures = sum(check_module(name, records) for name in names)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in records], f, indent=1)
+    print(f"{len(names)} modules, {len(records)} specs, {failures} failures")
     return 1 if failures else 0
 
 

@@ -13,6 +13,7 @@ import torch
 import tritonobs.ops  # noqa: F401  (registers the tritonobs::* ops)
 from tests.conftest import INPUT_DTYPES, SHAPES
 from tritonobs.backend import use_backend
+from tritonobs.kernels import _launch
 from tritonobs.kernels import aminmax as kernel
 from tritonobs.ops.aminmax import aminmax_torch
 
@@ -244,3 +245,25 @@ def test_opcheck(backend, c):
 def test_rejects_integer_input():
     with pytest.raises(TypeError, match="float32"):
         kernel.aminmax_triton(torch.ones(3, dtype=torch.int32), *state(), torch.tensor(0), None)
+
+
+def test_no_hidden_copy_of_ordinary_layouts():
+    """Every layout above is read in place, per tensor and per channel on its first and last axis,
+    but five strided axes reduced per tensor: more than four reduced axes that do not merge (no
+    model makes them) take one contiguous copy, counted, with the same result."""
+    copies = _launch.COPIES["aminmax"]
+    for name, make in LAYOUTS.items():
+        x = make()
+        axes = [0, x.dim() - 1] if x.dim() else []
+        for ch_axis in axes if name == "five_strided_axes" else [None, *axes]:
+            channels = () if ch_axis is None else (x.shape[ch_axis],)
+            kernel.aminmax_update(
+                x, ch_axis, torch.full(channels, INF), torch.full(channels, -INF),
+                torch.zeros((), dtype=torch.int64), None,
+            )  # fmt: skip
+    assert _launch.COPIES["aminmax"] == copies
+    exotic = LAYOUTS["five_strided_axes"]()
+    assert kernel.plan_for(exotic, None).contiguous
+    result = run(kernel.aminmax_triton, exotic, *state(), None)
+    assert _launch.COPIES["aminmax"] == copies + 1
+    assert_exact(result, plain(exotic, *state(), None))

@@ -9,6 +9,7 @@ import tritonobs.ops  # noqa: F401  (registers the ops)
 import tritonobs.ops.histc as histc_ops
 from tests.conftest import SHAPES
 from tritonobs.backend import use_backend
+from tritonobs.kernels import _launch
 from tritonobs.kernels.histc import BLOCK, LOCAL_HIST_MAX_BINS
 
 pytestmark = pytest.mark.interpret
@@ -149,3 +150,18 @@ def test_torch_reference_overflowing_bin_arithmetic_follows_torch_histc(bins):
     with use_backend("torch"):
         out = histc(x, -1e36, 1e36, bins)
     torch.testing.assert_close(out, expected(x, -1e36, 1e36, bins), atol=0, rtol=0)
+
+
+def test_histc_copies_only_inputs_with_gaps():
+    """Contiguous and transposed (dense) inputs are read in place; a slice is copied once, and
+    counted."""
+    base = torch.randn(37, 29, generator=torch.Generator().manual_seed(3))
+    copies = _launch.COPIES["flat_view"]
+    with use_backend("triton"):
+        for x in (base, base.t(), base[None].permute(2, 0, 1)):
+            histc(x, -2.0, 2.5, 50)
+        assert _launch.COPIES["flat_view"] == copies
+        torch.testing.assert_close(
+            histc(base[::2], -2.0, 2.5, 50), expected(base[::2], -2.0, 2.5, 50), atol=0, rtol=0
+        )
+    assert _launch.COPIES["flat_view"] == copies + 1
