@@ -433,6 +433,7 @@ class Launch:
             :func:`launch_config`'s constexprs and options).
         tickets: the per-device ticket workspace (left at zero by every launch).
         partials: the per-device partial min/max workspace (written before it is read).
+        device: the input's device (part of the cache key; read here, not from the tensor again).
     """
 
     plan: Plan
@@ -440,6 +441,7 @@ class Launch:
     kwargs: dict[str, object]
     tickets: torch.Tensor
     partials: torch.Tensor
+    device: torch.device
 
 
 _LAUNCHES: dict[tuple, Launch] = {}
@@ -480,6 +482,7 @@ def launch_for(x: torch.Tensor, ch_axis: int | None, ema: bool) -> Launch:
             kwargs=kwargs,
             tickets=workspace(x.device, "aminmax_tickets", plan.tickets, torch.int64),
             partials=workspace(x.device, "aminmax_partials", plan.partials, torch.float32),
+            device=x.device,
         )
         _LAUNCHES[key] = launch
     return launch
@@ -520,7 +523,7 @@ def aminmax_update(
     if launch.plan.contiguous:
         COPIES["aminmax"] += 1
         x = x.contiguous()
-    with device_guard(x.device):
+    with device_guard(launch.device):
         _aminmax_kernel[launch.plan.grid](
             x,
             running_min,
