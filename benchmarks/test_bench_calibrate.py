@@ -39,7 +39,7 @@ from tritonobs.bench import (
     environment,
     get_profile,
 )
-from tritonobs.calibrate import OBSERVER_NAMES, calibrate
+from tritonobs.calibrate import TORCH_AO_OBSERVER_NAMES, calibrate
 from tritonobs.compare import SIDES, Comparison, Metric, Side, Statistic, compare_with_torch_ao
 
 pytest.importorskip("transformers", reason="the calibrate benchmark needs transformers")
@@ -79,7 +79,7 @@ def workload(profile: Profile) -> Workload:
 def observer_kinds(profile: Profile) -> tuple[str, ...]:
     """The observers measured; a smoke run takes the CLI's default only (the Triton interpreter
     of ``gpu_check_dry`` costs seconds per observer kind)."""
-    return ("minmax",) if profile.tiny else OBSERVER_NAMES
+    return ("minmax",) if profile.tiny else TORCH_AO_OBSERVER_NAMES
 
 
 def thread_counts(profile: Profile) -> tuple[int | None, ...]:

@@ -305,7 +305,9 @@ def test_observer_time_and_calibrate_overhead_are_apart(monkeypatch) -> None:
     """Observer time is the observers' forward only: with a clock that moves only inside them,
     the observers take all of the total and calibrate's own overhead is zero."""
     clock = FakeClock()
-    monkeypatch.setattr(importlib.import_module("tritonobs.calibrate"), "perf_counter", clock)
+    monkeypatch.setattr(
+        importlib.import_module("tritonobs.calibrate.session"), "perf_counter", clock
+    )
     result = calibrate(make_block(), awkward_batches(), observer=slow_observer(clock, 0.25))
     assert [(result[k].calls, result[k].seconds) for k in result] == [(4, 1.0), (4, 1.0)]
     assert (result.observer_seconds, result.overhead_seconds, result.seconds) == (2.0, 0.0, 2.0)
@@ -325,7 +327,7 @@ def test_cuda_timing_reads_events_only_at_the_end(monkeypatch) -> None:
     """On CUDA each observer call is timed by a pair of events; no event is waited for while
     calibrating, and the last one once at the end."""
     clock = FakeClock()
-    calibrate_module = importlib.import_module("tritonobs.calibrate")
+    calibrate_module = importlib.import_module("tritonobs.calibrate.session")
     monkeypatch.setattr(calibrate_module, "perf_counter", clock)
 
     class FakeEvent:

