@@ -2,24 +2,33 @@
 
 * every ``tritonobs::*`` op's compiled Triton kernel against its torch reference (on CPU copies),
   on shapes too large for the interpreter;
-* every observer's forward under ``torch.cuda.set_sync_debug_mode("error")`` (a host sync raises),
-  with the resulting state and qparams compared with torch.ao;
+* every observer forward and op launch of this file under ``torch.cuda.set_sync_debug_mode("error")``
+  (the ``forward`` fixture: a host sync raises), the observers' state and qparams compared with
+  torch.ao;
+* the per-tensor min/max of an fp16 tensor of more than 2**31 elements (~4 GiB) against
+  ``torch.aminmax``, exactly;
+* the cross-program handoff (partials, tickets) under stress: 300 back-to-back launches over
+  inputs that spread one or two tiles over each of many programs, each result compared bitwise
+  with the torch reference;
 * a CUDA-graph capture of each observer's in-place forward, replayed 100 times on new batches,
   against eager, the buffers the same tensors throughout;
 * the kernels a steady forward launches, counted by the profiler (1 per min/max observer, 3 per
-  HistogramObserver), and a forward on ``cuda:1`` while ``cuda:0`` is current (two GPUs only).
+  HistogramObserver), and a forward on ``cuda:1`` while ``cuda:0`` is current (two GPUs only);
+* the CUDA timing harness of ``tritonobs.bench`` (event windows, host us, graph replay).
 
 Marked ``gpu`` and skipped without CUDA, and on CUDA while ``TRITON_INTERPRET`` is on (the plain
 test run interprets; ``gpu_check.sh`` turns it off). ``gpu_check.sh --dry-run`` sets
 ``TRITONOBS_GPU_CHECK_DRY_RUN=1``: the same tests then run on CPU through Triton's interpreter on
-tiny shapes, without the sync-debug mode and with the graph tests deselected (both need CUDA).
+tiny shapes (fewer stress launches), without the sync-debug mode, and the tests that need CUDA
+itself deselected (``benchmarks/gpu_check.py`` lists them). ``benchmarks/gpu_precompile.py`` reads
+the shape constants below to compile, before the tests, every kernel variant they launch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,7 +38,8 @@ import torch.ao.quantization.observer as torch_ao_observer
 import tritonobs
 from tests.conftest import TOLERANCES
 from tritonobs.backend import use_backend
-from tritonobs.bench import make_input
+from tritonobs.bench import Workload, copy_bandwidth_gbps, get_profile, make_input, measure, nbytes
+from tritonobs.kernels.aminmax import plan_for
 from tritonobs.ops.aminmax import aminmax_torch
 from tritonobs.ops.aminmax_per_channel import aminmax_per_channel_torch
 from tritonobs.ops.histc import histc_torch
@@ -77,6 +87,16 @@ HISTOGRAM_SHAPES = SHAPES[-1:]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16] if ON_CUDA else [torch.bfloat16]
 # CUDA-graph replays of each observer's captured forward.
 REPLAYS = 100
+# Over 2**31 elements of fp16 (~4 GiB): int64 offsets end to end.
+BIG_NUMEL = 2**31 + 2**20 + 3
+# Handoff stress: (shape, ch_axis) of inputs whose tiles spread over many programs (one or two
+# tiles each), launched back to back without a sync.
+STRESS_INPUTS: list[tuple[tuple[int, ...], int | None]] = (
+    [((4_325_453,), None), ((6, 700_001), 0), ((3001, 1027), -1)]
+    if ON_CUDA
+    else [((65_539,), None), ((2, 65_541), 0)]
+)
+STRESS_LAUNCHES = 300 if ON_CUDA else 6
 
 OBSERVERS: list[tuple[str, dict[str, Any]]] = [
     ("MinMaxObserver", {}),
@@ -113,6 +133,17 @@ def no_host_sync() -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_sync_debug_mode(previous)
+
+
+@pytest.fixture
+def forward() -> Callable[..., Any]:
+    """Calls ``fn(*args)``, an observer's forward or an op's launch, with any host sync raising."""
+
+    def call(fn: Callable[..., Any], *args: Any) -> Any:
+        with no_host_sync():
+            return fn(*args)
+
+    return call
 
 
 def batches(shape: tuple[int, ...], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -157,19 +188,18 @@ def assert_same_qparams(got: torch.nn.Module, expected: torch.nn.Module, name: s
 
 @pytest.mark.parametrize("dtype", DTYPES[:2], ids=str)
 @pytest.mark.parametrize("observer", OBSERVERS, ids=observer_id)
-def test_forward_has_no_host_sync_and_matches_torch_ao(observer, dtype):
+def test_forward_has_no_host_sync_and_matches_torch_ao(observer, dtype, forward):
     name, kwargs = observer
     data = batches(SHAPES[-1], dtype)
     if ON_CUDA:
-        # Compile the kernels on another instance first: the check is about forward, not the JIT.
+        # Load the kernels on another instance first: the check is about forward, not the JIT.
         warm = getattr(tritonobs, name)(**kwargs).to(DEVICE)
         for x in data:
-            warm(x)
+            forward(warm, x)
 
     obs = getattr(tritonobs, name)(**kwargs).to(DEVICE)
-    with no_host_sync():
-        obs(data[0])
-        obs(data[1])
+    forward(obs, data[0])
+    forward(obs, data[1])
     # torch.ao, on CPU, sees the same two clean batches (the second widens the range), in float32
     # as tritonobs reads them (torch.ao would bin bfloat16 in bfloat16).
     ao = getattr(torch_ao_observer, name)(**kwargs)
@@ -180,8 +210,7 @@ def test_forward_has_no_host_sync_and_matches_torch_ao(observer, dtype):
 
     # torch.ao lets NaN/inf through; tritonobs skips and counts them: compare with tritonobs'
     # torch reference on CPU fed the same three batches.
-    with no_host_sync():
-        obs(data[2])
+    forward(obs, data[2])
     with use_backend("torch"):
         reference = getattr(tritonobs, name)(**kwargs)
         for x in data:
@@ -192,7 +221,7 @@ def test_forward_has_no_host_sync_and_matches_torch_ao(observer, dtype):
 
 @pytest.mark.skipif(not ON_CUDA, reason="CUDA graphs need CUDA")
 @pytest.mark.parametrize("observer", OBSERVERS, ids=observer_id)
-def test_cuda_graph_replay_matches_eager(observer):
+def test_cuda_graph_replay_matches_eager(observer, forward):
     name, kwargs = observer
     data = batches(SHAPES[-1], torch.bfloat16)
     graphed = getattr(tritonobs, name)(**kwargs).to(DEVICE)
@@ -203,21 +232,21 @@ def test_cuda_graph_replay_matches_eager(observer):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        graphed(static_x)
+        forward(graphed, static_x)
     torch.cuda.current_stream().wait_stream(side)
-    eager(data[0])
+    forward(eager, data[0])
 
     buffers = {key: id(value) for key, value in graphed.named_buffers()}
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        graphed(static_x)
+        forward(graphed, static_x)
     # The in-place forward replays on the buffers captured: REPLAYS batches, the poisoned one
     # (NaN, +inf, -inf) every second time.
     for step in range(REPLAYS):
         x = data[1 + step % 2]
         static_x.copy_(x)
         graph.replay()
-        eager(x)
+        forward(eager, x)
     torch.cuda.synchronize()
     assert {key: id(value) for key, value in graphed.named_buffers()} == buffers
     assert_same_state(graphed, eager, name)
@@ -226,7 +255,7 @@ def test_cuda_graph_replay_matches_eager(observer):
 
 @pytest.mark.skipif(not ON_CUDA, reason="counts CUDA kernels with the profiler")
 @pytest.mark.parametrize("observer", OBSERVERS, ids=observer_id)
-def test_steady_forward_launches(observer):
+def test_steady_forward_launches(observer, forward):
     """One kernel per min/max forward, at most three per histogram forward (range not growing),
     counted by the profiler on the device."""
     from torch.profiler import DeviceType, ProfilerActivity, profile
@@ -234,11 +263,11 @@ def test_steady_forward_launches(observer):
     name, kwargs = observer
     x = batches(SHAPES[-1], torch.bfloat16)[0]
     obs = getattr(tritonobs, name)(**kwargs).to(DEVICE)
-    obs(x)
-    obs(x)
+    forward(obs, x)
+    forward(obs, x)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        obs(x)
+        forward(obs, x)
         torch.cuda.synchronize()
     kernels = [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
     assert len(kernels) == (3 if name == "HistogramObserver" else 1), kernels
@@ -246,7 +275,7 @@ def test_steady_forward_launches(observer):
 
 @pytest.mark.skipif(not ON_CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 @pytest.mark.parametrize("observer", OBSERVERS, ids=observer_id)
-def test_forward_runs_on_the_inputs_device(observer):
+def test_forward_runs_on_the_inputs_device(observer, forward):
     """An observer on cuda:1 while cuda:0 is current: the kernels run where the tensors are."""
     name, kwargs = observer
     second = torch.device("cuda", 1)
@@ -254,7 +283,7 @@ def test_forward_runs_on_the_inputs_device(observer):
     with torch.cuda.device(0):
         obs = getattr(tritonobs, name)(**kwargs).to(second)
         for x in data:
-            obs(x)
+            forward(obs, x)
     with use_backend("torch"):
         reference = getattr(tritonobs, name)(**kwargs)
         for x in data:
@@ -277,13 +306,13 @@ def unset(channels: int | None) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("averaging_constant", [None, 0.01])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_aminmax_kernel_matches_reference(shape, dtype, averaging_constant):
+def test_aminmax_kernel_matches_reference(shape, dtype, averaging_constant, forward):
     first, wider, poisoned = batches(shape, dtype)
     state = unset(None)
     aminmax_torch(first.cpu(), *state, averaging_constant)
     for x in (wider, poisoned, wider.transpose(0, -1)):
         got = copies(state, DEVICE)
-        torch.ops.tritonobs.aminmax(x, *got, averaging_constant)
+        forward(torch.ops.tritonobs.aminmax, x, *got, averaging_constant)
         expected = copies(state, torch.device("cpu"))
         aminmax_torch(x.cpu(), *expected, averaging_constant)
         for g, e in zip(got, expected, strict=True):
@@ -293,7 +322,7 @@ def test_aminmax_kernel_matches_reference(shape, dtype, averaging_constant):
 @pytest.mark.parametrize("averaging_constant", [None, 0.01])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_aminmax_per_channel_kernel_matches_reference(shape, dtype, averaging_constant):
+def test_aminmax_per_channel_kernel_matches_reference(shape, dtype, averaging_constant, forward):
     first, wider, poisoned = batches(shape, dtype)
     cpu = torch.device("cpu")
     for ch_axis in [*range(len(shape)), -1]:
@@ -303,7 +332,7 @@ def test_aminmax_per_channel_kernel_matches_reference(shape, dtype, averaging_co
         for x in (wider, poisoned, wider.transpose(0, -1)):
             start = state if x.shape == first.shape else unset(x.shape[ch_axis])
             got = copies(start, DEVICE)
-            torch.ops.tritonobs.aminmax_per_channel(x, ch_axis, *got, averaging_constant)
+            forward(torch.ops.tritonobs.aminmax_per_channel, x, ch_axis, *got, averaging_constant)
             expected = copies(start, cpu)
             aminmax_per_channel_torch(x.cpu(), ch_axis, *expected, averaging_constant)
             for g, e in zip(got, expected, strict=True):
@@ -313,21 +342,21 @@ def test_aminmax_per_channel_kernel_matches_reference(shape, dtype, averaging_co
 @pytest.mark.parametrize("bins", [256, 2048])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", HISTOGRAM_SHAPES, ids=str)
-def test_histc_kernel_matches_reference(shape, dtype, bins):
+def test_histc_kernel_matches_reference(shape, dtype, bins, forward):
     _, wider, poisoned = batches(shape, dtype)
     for x in (wider, poisoned):
         finite = x.float()[torch.isfinite(x.float())]
         full = torch.aminmax(finite)
         narrow = (full[0] / 4, full[1] / 4)
         for lo, hi in (full, narrow):
-            got = torch.ops.tritonobs.histc(x, lo, hi, bins)
+            got = forward(torch.ops.tritonobs.histc, x, lo, hi, bins)
             expected = histc_torch(x.cpu(), lo.cpu(), hi.cpu(), bins)
             torch.testing.assert_close(got.cpu(), expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", HISTOGRAM_SHAPES, ids=str)
-def test_histogram_update_and_rebin_kernels_match_reference(shape, dtype):
+def test_histogram_update_and_rebin_kernels_match_reference(shape, dtype, forward):
     first, wider, poisoned = batches(shape, dtype)
     bins, upsample_rate = 2048, 16
     state = [
@@ -339,7 +368,7 @@ def test_histogram_update_and_rebin_kernels_match_reference(shape, dtype):
     for step, x in enumerate((first, first, wider, poisoned)):
         # Both update their own copy of the same state in place.
         got = [s.to(DEVICE, copy=True) for s in state]
-        torch.ops.tritonobs.histogram_update(x, *got, upsample_rate)
+        forward(torch.ops.tritonobs.histogram_update, x, *got, upsample_rate)
         histogram_update_torch(x.cpu(), *state, upsample_rate)
         grown = step >= 2
         hist_tol = TOLERANCES["histogram_rebinned"] if grown else {"atol": 0, "rtol": 0}
@@ -377,3 +406,68 @@ def test_histogram_search_and_error_sweep_kernels_match_reference(data):
     )
     expected = quantization_error_torch(*args, start, end, ao.dst_nbins)
     torch.testing.assert_close(got.cpu(), expected, **TOLERANCES["quantization_error"])
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="~4 GiB on the device")
+def test_aminmax_over_2_31_elements_matches_torch(forward):
+    """fp16, more than 2**31 elements: the extremes sit past element 2**31, so only int64
+    offsets find them; compared with ``torch.aminmax`` exactly."""
+    x = torch.empty(BIG_NUMEL, dtype=torch.float16, device=DEVICE).normal_()
+    x[2**31 + 7] = -60000.0
+    x[-2] = 49152.0
+    state = copies(unset(None), DEVICE)
+    forward(torch.ops.tritonobs.aminmax, x, *state, None)
+    expected = torch.aminmax(x)
+    assert state[0].item() == expected.min.item() == -60000.0
+    assert state[1].item() == expected.max.item() == 49152.0
+    assert state[2].item() == 0
+
+
+def test_aminmax_handoff_stress_is_bitwise_exact(forward):
+    """Back-to-back launches whose programs each reduce one or two tiles and hand their partials
+    to the block's last program (ticket drawn, then reset for the next launch): every launch's
+    result equals the torch reference bit for bit."""
+    sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count if ON_CUDA else 1
+    inputs, references = [], []
+    for index, (shape, ch_axis) in enumerate(STRESS_INPUTS):
+        x = make_input("student_t", shape, torch.bfloat16, DEVICE, seed=10 + index)
+        if index == 0:
+            x[[5, -3]] = torch.tensor([float("nan"), float("-inf")], dtype=x.dtype, device=DEVICE)
+        plan = plan_for(x, ch_axis)
+        assert plan.constexprs["MULTI_SPLIT"] and plan.grid[0] >= 2 * sms, plan
+        channels = None if ch_axis is None else shape[ch_axis]
+        reference = unset(channels)
+        if ch_axis is None:
+            aminmax_torch(x.cpu(), *reference, None)
+        else:
+            aminmax_per_channel_torch(x.cpu(), ch_axis, *reference, None)
+        inputs.append((x, ch_axis, channels))
+        references.append(reference)
+
+    # Fresh states made first, so that nothing but the launches runs between them.
+    results = [
+        copies(unset(inputs[step % len(inputs)][2]), DEVICE) for step in range(STRESS_LAUNCHES)
+    ]
+    for step, state in enumerate(results):
+        x, ch_axis, _ = inputs[step % len(inputs)]
+        if ch_axis is None:
+            forward(torch.ops.tritonobs.aminmax, x, *state, None)
+        else:
+            forward(torch.ops.tritonobs.aminmax_per_channel, x, ch_axis, *state, None)
+    for step, state in enumerate(results):
+        for got, expected in zip(state, references[step % len(inputs)], strict=True):
+            assert torch.equal(got.cpu(), expected), f"launch {step}"
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="times with CUDA events")
+def test_cuda_timing_harness():
+    """tritonobs.bench's CUDA timing: per-call event times, host us apart, a graph replay."""
+    profile = get_profile("gpu_check")
+    x = make_input("llm", (4096, 4096), torch.bfloat16, DEVICE, seed=3)
+    obs = tritonobs.MinMaxObserver().to(DEVICE)
+    timing = measure(Workload(obs, lambda: (x,)), DEVICE, profile, graph=True)
+    assert timing.calls > 1 and len(timing.times_ms) >= profile.min_rounds
+    assert all(t > 0 for t in timing.times_ms)
+    assert timing.host_us is not None and timing.host_us > 0
+    assert timing.graph_error is None and timing.graph_ms is not None and timing.graph_ms > 0
+    assert copy_bandwidth_gbps(DEVICE, profile, nbytes(x)) > 0

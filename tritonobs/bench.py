@@ -3,10 +3,17 @@
 One harness times every provider of a workload the same way and records, in pytest-benchmark's
 ``extra_info``: device and versions, bytes moved, GB/s, the device copy bandwidth measured in the
 same run and the fraction of it reached, and the speedup over torch.ao (also measured in the same
-run). On CUDA a round is timed with CUDA events around the call (the host waits on the end event)
-and a workload's time is the median round; on CPU rounds are timed with ``time.perf_counter`` and
-the time is the fastest round (see :data:`STATISTIC`). Inputs rotate through enough distinct
-tensors that a cache cannot serve them.
+run). Inputs rotate through enough distinct tensors that a cache cannot serve them.
+
+On CUDA (:func:`measure`) a round is many back-to-back calls between two CUDA events, queued while
+a ``torch.cuda._sleep`` holds the GPU, so that the host's planning and launching (and each call's
+``setup``) stay outside the event window; the device work of ``setup`` (a state restore) is timed
+alone the same way and subtracted. A workload's time is the median round, per call. The host's
+cost of a call is timed apart, on the host clock (``host_us``), and the same calls are captured
+once in a CUDA graph and replayed between two events (``graph_ms``) where capture works. The copy
+bandwidth is that of ``y.copy_(x)`` over the workload's bytes, timed the same way in the same run.
+On CPU rounds are single calls timed with ``time.perf_counter`` and the time is the fastest round
+(see :data:`STATISTIC`).
 """
 
 from __future__ import annotations
@@ -299,57 +306,180 @@ class Workload:
     setup: Callable[[], tuple[Any, ...]]
 
 
-def _timed(
-    fn: Callable[..., Any], device: torch.device, times_ms: list[float]
-) -> Callable[..., Any]:
-    """``fn`` wrapped to append its duration (ms) to ``times_ms`` and return when it is done."""
-    if device.type == "cuda":
+def _timed_cpu(fn: Callable[..., Any], times_ms: list[float]) -> Callable[..., Any]:
+    """``fn`` wrapped to append its duration (ms, host clock) to ``times_ms``."""
 
-        def timed_cuda(*args: Any) -> Any:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = fn(*args)
-            end.record()
-            end.synchronize()
-            times_ms.append(start.elapsed_time(end))
-            return out
-
-        return timed_cuda
-
-    def timed_cpu(*args: Any) -> Any:
+    def timed(*args: Any) -> Any:
         start = time.perf_counter()
         out = fn(*args)
         times_ms.append((time.perf_counter() - start) * 1e3)
         return out
 
-    return timed_cpu
+    return timed
 
 
-def time_workload(
+@dataclasses.dataclass
+class Timing:
+    """What :func:`measure` found.
+
+    Attributes:
+        times_ms: one time per round, per call, in milliseconds.
+        calls: calls per round (1 on CPU).
+        host_us: the host's cost of one call (median, microseconds), its ``setup`` excluded; CUDA
+            only (on CPU the whole call is host time).
+        setup_ms: device time of one call's ``setup`` (subtracted from ``times_ms``); CUDA only.
+        graph_ms: one call's time in a CUDA-graph replay of ``calls`` calls; ``None`` on CPU, when
+            not asked for, or when capture failed (``graph_error`` says why).
+        graph_error: why the capture failed.
+        caught_up: rounds in which the GPU reached the window before the host had queued it (the
+            hold was then lengthened; such a round may include host gaps).
+    """
+
+    times_ms: list[float]
+    calls: int = 1
+    host_us: float | None = None
+    setup_ms: float | None = None
+    graph_ms: float | None = None
+    graph_error: str | None = None
+    caught_up: int = 0
+
+
+# CUDA windows: each aims at this much device time, with at most MAX_CALLS calls; the host cost is
+# the median of HOST_CALLS calls.
+WINDOW_S = 2e-3
+MAX_CALLS = 200
+HOST_CALLS = 20
+# torch.cuda._sleep counts SM cycles; H100/H200 boost near 2 GHz, and a lower clock only makes the
+# hold longer. The hold covers the host's queueing of a window twice over, plus a margin.
+_CYCLES_PER_S = 2.0e9
+_HOLD_MARGIN_S = 5e-4
+_MAX_HOLD_S = 0.25
+
+
+def _window(workload: Workload, calls: int, hold_s: float) -> tuple[float, bool]:
+    """Total ms of ``calls`` back-to-back calls between two events, queued behind a GPU hold.
+
+    Returns:
+        The elapsed milliseconds, and whether the GPU had already reached the start event when the
+        host finished queueing (the hold was too short).
+    """
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(int(min(hold_s, _MAX_HOLD_S) * _CYCLES_PER_S))
+    start.record()
+    for _ in range(calls):
+        workload.fn(*workload.setup())
+    end.record()
+    caught_up = start.query()
+    end.synchronize()
+    return start.elapsed_time(end), caught_up
+
+
+def _graph_ms(workload: Workload, calls: int) -> tuple[float | None, str | None]:
+    """ms of one replay of ``calls`` calls (and their setups) captured in a CUDA graph."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                workload.fn(*workload.setup())
+    except RuntimeError as error:
+        # Capture fails where a call synchronises with the host.
+        torch.cuda.synchronize()
+        return None, str(error).splitlines()[0]
+    graph.replay()
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    # Held, so that the graph's launch is queued before the window opens.
+    torch.cuda._sleep(int(_HOLD_MARGIN_S * _CYCLES_PER_S))
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end), None
+
+
+def _measure_cuda(
+    workload: Workload, device: torch.device, profile: Profile, benchmark: Any | None, graph: bool
+) -> Timing:
+    with torch.cuda.device(device):
+        workload.fn(*workload.setup())
+        torch.cuda.synchronize()
+        host_s, loop_s = [], []
+        for _ in range(HOST_CALLS):
+            begin = time.perf_counter()
+            args = workload.setup()
+            call = time.perf_counter()
+            workload.fn(*args)
+            done = time.perf_counter()
+            host_s.append(done - call)
+            loop_s.append(done - begin)
+        torch.cuda.synchronize()
+        per_call_host_s = statistics.median(loop_s)
+        setup_only = Workload(lambda *args: None, workload.setup)
+
+        def hold(calls: int) -> float:
+            return 2 * calls * per_call_host_s + _HOLD_MARGIN_S
+
+        one_ms = _window(workload, 1, hold(1))[0]
+        calls = min(MAX_CALLS, max(1, math.ceil(WINDOW_S * 1e3 / max(one_ms, 1e-4))))
+        setup_ms = _window(setup_only, calls, hold(calls))[0] / calls
+        rounds = int(profile.target_s * 1e3 / max(calls * one_ms, 1e-4))
+        rounds = min(profile.max_rounds, max(profile.min_rounds, rounds))
+        timing = Timing(
+            times_ms=[],
+            calls=calls,
+            host_us=statistics.median(host_s) * 1e6,
+            setup_ms=setup_ms,
+        )
+        slack = 1.0
+
+        def one_round() -> None:
+            nonlocal slack
+            total_ms, caught_up = _window(workload, calls, slack * hold(calls))
+            if caught_up:
+                timing.caught_up += 1
+                slack *= 2
+            timing.times_ms.append(max(total_ms / calls - setup_ms, 0.0))
+
+        if benchmark is None:
+            for _ in range(rounds):
+                one_round()
+        else:
+            benchmark.pedantic(one_round, rounds=rounds)
+        if graph:
+            graph_total, timing.graph_error = _graph_ms(workload, calls)
+            if graph_total is not None:
+                timing.graph_ms = max(graph_total / calls - setup_ms, 0.0)
+    return timing
+
+
+def measure(
     workload: Workload,
     device: torch.device,
     profile: Profile,
     benchmark: Any | None = None,
-) -> list[float]:
-    """Time ``workload``: one warm-up call, then rounds sized by ``profile.target_s``.
+    graph: bool = False,
+) -> Timing:
+    """Time ``workload``: a warm-up call, then rounds sized by ``profile.target_s``.
 
     Args:
         workload: what to time.
-        device: where it runs (CUDA events there, ``perf_counter`` on CPU).
+        device: where it runs (CUDA events there, ``perf_counter`` on CPU; see the module docs).
         profile: rounds and time per workload.
         benchmark: the pytest-benchmark fixture; its ``pedantic`` drives the rounds when given
-            (a disabled fixture runs one call, and that one call is timed).
+            (a disabled fixture runs one call, and that one call is timed on the host clock).
+        graph: on CUDA, also time a CUDA-graph replay of a round's calls.
 
     Returns:
-        The time of each timed round, in milliseconds.
+        The :class:`Timing`.
     """
     times: list[float] = []
-    timed = _timed(workload.fn, device, times)
     if benchmark is not None and benchmark.disabled:
-        benchmark.pedantic(timed, setup=lambda: (workload.setup(), {}))
-        return times
-    synchronize(device)
+        benchmark.pedantic(_timed_cpu(workload.fn, times), setup=lambda: (workload.setup(), {}))
+        return Timing(times)
+    if device.type == "cuda":
+        return _measure_cuda(workload, device, profile, benchmark, graph)
+    timed = _timed_cpu(workload.fn, times)
     timed(*workload.setup())
     rounds = int(profile.target_s / max(times.pop(), 1e-6) * 1e3)
     rounds = min(profile.max_rounds, max(profile.min_rounds, rounds))
@@ -358,29 +488,39 @@ def time_workload(
             timed(*workload.setup())
     else:
         benchmark.pedantic(timed, setup=lambda: (workload.setup(), {}), rounds=rounds)
-    return times
+    return Timing(times)
+
+
+def time_workload(
+    workload: Workload,
+    device: torch.device,
+    profile: Profile,
+    benchmark: Any | None = None,
+) -> list[float]:
+    """The per-call time of each round of :func:`measure`, in milliseconds."""
+    return measure(workload, device, profile, benchmark).times_ms
 
 
 _COPY_GBPS: dict[tuple[str, int], float] = {}
 
 
-def copy_bandwidth_gbps(device: torch.device, profile: Profile) -> float:
+def copy_bandwidth_gbps(device: torch.device, profile: Profile, nbytes: int | None = None) -> float:
     """The device's copy bandwidth (read + write bytes per second, in GB/s), measured once a run.
 
-    Times ``dst.copy_(src)`` on ``profile.copy_bytes`` buffers with the same harness as the
-    benchmarks, so a workload's GB/s divided by this is the fraction of reachable bandwidth.
+    Times ``y.copy_(x)`` of ``nbytes`` (default ``profile.copy_bytes``) with the same harness as
+    the benchmarks, the sources rotating like the benchmarks' inputs, so a workload's GB/s divided
+    by this is the fraction of reachable bandwidth.
     """
-    key = (str(device), profile.copy_bytes)
+    nbytes = profile.copy_bytes if nbytes is None else max(nbytes, 1)
+    key = (str(device), nbytes)
     if key not in _COPY_GBPS:
-        numel = profile.copy_bytes // 4
-        sources = [torch.ones(numel, device=device) for _ in range(2)]
-        dst = torch.empty(numel, device=device)
+        count = min(8, max(2, math.ceil(profile.rotate_bytes / nbytes)))
+        sources = [torch.ones(nbytes, dtype=torch.uint8, device=device) for _ in range(count)]
+        dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
         cycle = Cycle(sources)
         measuring = dataclasses.replace(profile, min_rounds=max(profile.min_rounds, 5))
-        times = time_workload(
-            Workload(dst.copy_, lambda: (cycle.next(),)), device, measuring, benchmark=None
-        )
-        _COPY_GBPS[key] = 2 * profile.copy_bytes / (summarize(times, device) * 1e6)
+        times = time_workload(Workload(dst.copy_, lambda: (cycle.next(),)), device, measuring)
+        _COPY_GBPS[key] = 2 * nbytes / (summarize(times, device) * 1e6)
     return _COPY_GBPS[key]
 
 
@@ -463,13 +603,18 @@ def run_case(benchmark: Any, case: Case, provider: str, profile: Profile) -> dic
     """Time ``case`` for ``provider`` under ``benchmark`` and fill ``benchmark.extra_info``.
 
     The torch.ao time of the same case comes from this run: cached when the torch.ao benchmark ran
-    first, measured here otherwise.
+    first, measured here otherwise. On CUDA the tritonobs provider is also timed in a CUDA-graph
+    replay, and the copy bandwidth is that of a copy of the case's bytes (on CPU, of
+    ``profile.copy_bytes``: a cache would serve a small copy).
 
     Returns:
         The ``extra_info`` dictionary.
     """
     device = bench_device(profile)
-    times = time_workload(case.build(provider), device, profile, benchmark)
+    timing = measure(
+        case.build(provider), device, profile, benchmark, graph=provider == "tritonobs"
+    )
+    times = timing.times_ms
     time_ms = summarize(times, device)
     if provider == BASELINE:
         _BASELINE_MS[case.key] = time_ms
@@ -477,7 +622,8 @@ def run_case(benchmark: Any, case: Case, provider: str, profile: Profile) -> dic
         baseline = time_workload(case.build(BASELINE), device, profile)
         _BASELINE_MS[case.key] = summarize(baseline, device)
     gbps = case.bytes_moved / (time_ms * 1e6)
-    copy_gbps = copy_bandwidth_gbps(device, profile)
+    copy_bytes = case.bytes_moved if device.type == "cuda" else None
+    copy_gbps = copy_bandwidth_gbps(device, profile, copy_bytes)
     info = {
         **environment(device),
         **case.info,
@@ -485,10 +631,16 @@ def run_case(benchmark: Any, case: Case, provider: str, profile: Profile) -> dic
         "provider": provider,
         "profile": profile.name,
         "rounds": len(times),
+        "calls_per_round": timing.calls,
         "statistic": STATISTIC[device.type],
         "time_ms": time_ms,
         "median_ms": statistics.median(times),
         "min_ms": min(times),
+        "host_us": timing.host_us,
+        "setup_ms": timing.setup_ms,
+        "graph_ms": timing.graph_ms,
+        "graph_error": timing.graph_error,
+        "rounds_caught_up": timing.caught_up,
         "bytes_moved": case.bytes_moved,
         "gbps": gbps,
         "copy_gbps": copy_gbps,
