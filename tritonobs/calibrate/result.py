@@ -157,6 +157,23 @@ class CalibrationResult:
         )
         return "\n".join(lines)
 
+    def export(self, model: nn.Module, directory: str | Path, scheme: str, **options: Any) -> Path:
+        """Write ``model`` as a compressed-tensors checkpoint with this result's input scales.
+
+        Args:
+            model: the calibrated transformers model.
+            directory: the folder to write.
+            scheme: ``"fp8"``, ``"int8"`` or ``"w4a16"``.
+            options: ``weight_observer``, ``source``, ``ignore``, ``overwrite`` of
+                :func:`tritonobs.export.export_compressed_tensors`.
+
+        Returns:
+            ``directory``.
+        """
+        from tritonobs.export import export_compressed_tensors
+
+        return export_compressed_tensors(model, self, directory, scheme, **options)
+
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``<stem>.safetensors`` (tensors) and ``<stem>.json`` (metadata).
 
