@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from torch.ao.quantization import observer as ao
 
 import tritonobs
-from tests.conftest import TOLERANCES
+from tests.conftest import TOLERANCES, interpreted_launches
 from tritonobs.distributed import sync_observers
 
 Group = dist.ProcessGroup | None
@@ -236,10 +236,25 @@ _CHECKS: dict[str, Callable[[int, int, Group], dict[str, Any]]] = {
     "nobody_observed": _check_nobody_observed,
     "mismatch": _check_mismatch,
 }
+# _check_histogram again, with the Triton backend (the ranks' histograms re-binned by the kernels).
+TRITON_HISTOGRAM = "histogram[triton]"
+
+
+def _run(
+    check: Callable[[int, int, Group], dict[str, Any]], rank: int, world: int, group: Group
+) -> dict[str, Any]:
+    try:
+        return check(rank, world, group)
+    except Exception:  # reported by the test that reads this check
+        return {"error": traceback.format_exc()}
 
 
 def _worker(rank: int, world: int, out_dir: str) -> None:
-    """Run every check on ranks ``[0, 2)`` (an explicit subgroup), then on all (the default group)."""
+    """Run every check on ranks ``[0, 2)`` (an explicit subgroup), then on all (the default group).
+
+    The checks run with the torch backend; the histogram check runs once more with the Triton one
+    (under the interpreter), recording the kernels it launched.
+    """
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo",
@@ -249,17 +264,18 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         timeout=timedelta(seconds=TIMEOUT_S),
     )
     results: dict[int, dict[str, Any]] = {}
-    with tritonobs.use_backend("torch"):
-        for size in WORLDS:
-            group = dist.new_group(list(range(size))) if size < world else None
-            if rank >= size:
-                continue
-            results[size] = {}
-            for name, check in _CHECKS.items():
-                try:
-                    results[size][name] = check(rank, size, group)
-                except Exception:  # reported by the test that reads this check
-                    results[size][name] = {"error": traceback.format_exc()}
+    for size in WORLDS:
+        group = dist.new_group(list(range(size))) if size < world else None
+        if rank >= size:
+            continue
+        results[size] = {}
+        for name, check in _CHECKS.items():
+            with tritonobs.use_backend("torch"):
+                results[size][name] = _run(check, rank, size, group)
+        # The merge's only kernel is histogram_rebin: the Triton merge path, under the interpreter.
+        with tritonobs.use_backend("triton"), interpreted_launches() as launched:
+            results[size][TRITON_HISTOGRAM] = _run(_check_histogram, rank, size, group)
+        results[size][TRITON_HISTOGRAM]["launched"] = sorted(set(launched))
     dist.destroy_process_group()
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
 
@@ -422,9 +438,29 @@ def _load_ao_histogram(state: dict[str, torch.Tensor]) -> ao.HistogramObserver:
     return _with_state(ao.HistogramObserver(bins=BINS), state)
 
 
-def test_histogram_is_the_sum_of_the_rebinned_rank_histograms(ranks: list[dict]) -> None:
+@pytest.fixture(params=["torch", "triton"])
+def merged_histograms(request: pytest.FixtureRequest, ranks: list[dict]) -> dict[str, Any]:
+    """``_check_histogram``'s agreed result, merged with the torch or the Triton re-binning.
+
+    The Triton run must have launched the re-binning kernels on every rank.
+    """
+    if request.param == "torch":
+        return _agreed(ranks, "histogram")
+    merged = _agreed(ranks, TRITON_HISTOGRAM, local=("launched",))
+    for rank, results in enumerate(ranks):
+        launched = results[TRITON_HISTOGRAM]["launched"]
+        assert "_histogram_rebin_scatter_kernel" in launched, (rank, launched)
+    return merged
+
+
+def test_histogram_is_the_sum_of_the_rebinned_rank_histograms(
+    ranks: list[dict], merged_histograms: dict[str, Any]
+) -> None:
+    # Exact on both backends: measured so for these shards (issue 13). torch.ao's re-binning on
+    # CPU and the kernels' CUDA-order linspace could in general put a sub-bin mid-point within an
+    # ulp of an edge into the neighbouring bin; none of these shards has one.
     world = len(ranks)
-    got = _agreed(ranks, "histogram")["own_range"]
+    got = merged_histograms["own_range"]
     locals_ = [
         _feed(ao.HistogramObserver(bins=BINS), _histogram_batches(r, world)) for r in range(world)
     ]
@@ -439,28 +475,29 @@ def test_histogram_is_the_sum_of_the_rebinned_rank_histograms(ranks: list[dict])
         else o._upscale_histogram(o.histogram, o.min_val, o.max_val, new_min, new_max)
         for o in seen
     ]
-    expected = torch.stack(rebinned).double().sum(0).float()
-    torch.testing.assert_close(got["histogram"], expected, **TOLERANCES["histogram_rebinned"])
-    torch.testing.assert_close(
-        got["histogram"].sum(), expected.sum(), **TOLERANCES["histogram_rebinned"]
-    )
+    _exact(got["histogram"], torch.stack(rebinned).double().sum(0).float())
 
 
-def test_histogram_qparams_match_one_process_on_the_union(ranks: list[dict]) -> None:
+def test_histogram_qparams_match_one_process_on_the_union(
+    ranks: list[dict], merged_histograms: dict[str, Any]
+) -> None:
+    # One process re-bins batch after batch, the merge once per rank; the qparams agree exactly
+    # here (measured, both backends).
     world = len(ranks)
-    got = _agreed(ranks, "histogram")["own_range"]
     reference = _feed(ao.HistogramObserver(bins=BINS), _union(_histogram_batches, world))
-    scale, zero_point = _load_ao_histogram(got).calculate_qparams()
-    ref_scale, ref_zero_point = reference.calculate_qparams()
-    torch.testing.assert_close(scale, ref_scale, **TOLERANCES["histogram_merged_scale"])
-    torch.testing.assert_close(
-        zero_point, ref_zero_point, check_dtype=False, **TOLERANCES["histogram_zero_point"]
-    )
+    for ours, theirs in zip(
+        _load_ao_histogram(merged_histograms["own_range"]).calculate_qparams(),
+        reference.calculate_qparams(),
+        strict=True,
+    ):
+        _exact(ours, theirs)
 
 
-def test_histogram_with_a_shared_range_is_exact(ranks: list[dict]) -> None:
+def test_histogram_with_a_shared_range_is_exact(
+    ranks: list[dict], merged_histograms: dict[str, Any]
+) -> None:
     world = len(ranks)
-    got = _agreed(ranks, "histogram")["shared_range"]
+    got = merged_histograms["shared_range"]
     reference = _feed(ao.HistogramObserver(bins=BINS), _union(_shared_range_batches, world))
     _exact(got["histogram"], reference.histogram)
     _exact(got["min_val"], reference.min_val)

@@ -2,7 +2,7 @@
 
 The fast values are compared with :func:`modelopt_divergence` (ModelOpt's arithmetic replayed,
 itself checked against ModelOpt in ``tests/test_amax_histogram.py``) to 1e-12, and the Triton
-kernel (interpreter) against the torch reference to 1e-13; inf/NaN where ModelOpt has them.
+kernel (interpreter) against the torch reference to 4e-15; inf/NaN where ModelOpt has them.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def test_triton_matches_torch_reference(case) -> None:
         expected = torch.ops.tritonobs.entropy_divergence(b, start, stride, nbins)
     with use_backend("triton"):
         out = torch.ops.tritonobs.entropy_divergence(b, start, stride, nbins)
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-13, equal_nan=True)
+    # float64 sums in another order: measured 1.2e-15.
+    torch.testing.assert_close(out, expected, rtol=0, atol=4e-15, equal_nan=True)
 
 
 def test_empty_and_all_zero(backend: str) -> None:

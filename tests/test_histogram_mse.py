@@ -3,7 +3,7 @@
 Each cut of the op is compared with :func:`modelopt_mse` (ModelOpt's fake quantization and mean,
 checked against ModelOpt in ``tests/test_amax_histogram.py``): the op sums the same float32 terms in
 float64, so they agree to the float32 mean's rounding (1e-5 relative); the Triton kernel
-(interpreter) against the torch reference to 1e-12.
+(interpreter) against the torch reference to 5e-16 (float64 sums in another order).
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ def test_triton_matches_torch_reference(fmt) -> None:
         expected = torch.ops.tritonobs.histogram_mse(counts, centers, 5, 3, *fmt)
     with use_backend("triton"):
         out = torch.ops.tritonobs.histogram_mse(counts, centers, 5, 3, *fmt)
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=0)
+    # float64 sums of the same float32 terms in another order: measured 2.2e-16 (exact for 3 bits).
+    torch.testing.assert_close(out, expected, rtol=5e-16, atol=0)
 
 
+@pytest.mark.fallback("no cut: an empty result, nothing to launch")
 def test_no_cut(backend: str) -> None:
     counts, centers = make_histogram(10)
     assert torch.ops.tritonobs.histogram_mse(counts, centers, 10, 1, 8, False, False).shape == (0,)

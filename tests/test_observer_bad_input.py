@@ -78,7 +78,10 @@ EMPTY_SHAPES = [(0,), (0, 3), (3, 0, 2)]
 
 @pytest.mark.parametrize("name", [*MIN_MAX, "HistogramObserver"])
 @pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=str)
-@pytest.mark.parametrize("observed_before", [False, True])
+@pytest.mark.parametrize(
+    "observed_before",
+    [pytest.param(False, marks=pytest.mark.fallback("an empty batch launches nothing")), True],
+)
 def test_empty_batch_is_returned_and_changes_nothing(backend, name, shape, observed_before):
     ours = _make(tritonobs, name)
     if observed_before:
@@ -281,6 +284,7 @@ def test_non_tensor_input_is_a_type_error(name):
 @pytest.mark.parametrize(
     ("ch_axis", "shape"), [(2, (3, 4)), (-3, (3, 4)), (5, (2, 3, 4)), (0, ()), (-1, ())]
 )
+@pytest.mark.fallback("the axis is checked before any launch")
 def test_ch_axis_out_of_range_is_a_value_error(backend, name, ch_axis, shape):
     ours = _make(tritonobs, name, ch_axis=ch_axis)
     before = _snapshot(ours)

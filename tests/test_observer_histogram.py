@@ -1,10 +1,10 @@
 """HistogramObserver vs torch.ao's: buffers, qparams, NaN/inf, state_dict, torch.compile.
 
-Both observers see the same stream. After the first batch the buffers are identical on both
-backends. Once the range grew, the torch backend still matches torch.ao bit for bit (it runs
-torch.ao's re-binning ops); the Triton kernels compute ``linspace`` as torch's CUDA kernel does, so
-on CPU their histogram is within ``histogram_rebinned_mass`` and their qparams within
-``histogram_scale`` / ``histogram_zero_point`` of CPU torch.ao.
+Both observers see the same stream, and buffers and qparams are compared bit for bit on both
+backends. The torch backend runs torch.ao's re-binning ops. The Triton kernels compute ``linspace``
+as torch's CUDA kernel does, which could put a sub-bin mid-point within an ulp of an edge into the
+neighbouring bin (``histogram_rebinned_mass`` in ``tests/conftest.py``); none of these streams has
+one: measured equal (issue 13), so a Triton-only error of a bin or a zero point shows.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.ao.quantization.observer import HistogramObserver as AOHistogramObserver
 
-from tests.conftest import TOLERANCES
 from tritonobs import HistogramObserver
 
 pytestmark = [
@@ -42,36 +41,22 @@ def stream(seed: int) -> list[torch.Tensor]:
     ]
 
 
-def assert_qparams(ours, theirs, backend: str) -> None:
-    scale, zero_point = ours
-    ao_scale, ao_zero_point = theirs
-    assert scale.dtype == ao_scale.dtype and zero_point.dtype == ao_zero_point.dtype
-    if backend == "torch":
-        torch.testing.assert_close(zero_point, ao_zero_point, **EXACT)
-        torch.testing.assert_close(scale, ao_scale, atol=0, rtol=1e-6)
-    else:
-        torch.testing.assert_close(zero_point, ao_zero_point, **TOLERANCES["histogram_zero_point"])
-        torch.testing.assert_close(scale, ao_scale, **TOLERANCES["histogram_scale"])
-
-
-def assert_histogram(ours: torch.Tensor, theirs: torch.Tensor, exact: bool) -> None:
-    if exact:
-        torch.testing.assert_close(ours, theirs, **EXACT)
-    else:
-        moved = (ours - theirs).abs().sum() / theirs.sum()
-        assert moved <= TOLERANCES["histogram_rebinned_mass"]["rtol"]
+def assert_qparams(ours, theirs) -> None:
+    for got, expected in zip(ours, theirs, strict=True):
+        assert got.dtype == expected.dtype
+        torch.testing.assert_close(got, expected, **EXACT)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_stream_matches_torch_ao(backend, config):
     ours, theirs = HistogramObserver(**CONFIGS[config]), AOHistogramObserver(**CONFIGS[config])
-    for i, x in enumerate(stream(len(config))):
+    for x in stream(len(config)):
         assert ours(x) is x
         theirs(x)
         torch.testing.assert_close(ours.min_val, theirs.min_val, **EXACT)
         torch.testing.assert_close(ours.max_val, theirs.max_val, **EXACT)
-        assert_histogram(ours.histogram, theirs.histogram, exact=i == 0 or backend == "torch")
-    assert_qparams(ours.calculate_qparams(), theirs.calculate_qparams(), backend)
+        torch.testing.assert_close(ours.histogram, theirs.histogram, **EXACT)
+    assert_qparams(ours.calculate_qparams(), theirs.calculate_qparams())
 
 
 def test_first_batch_qparams_are_torch_ao_exactly(backend):
@@ -116,6 +101,7 @@ def test_empty_and_all_nan_batches_leave_state_unchanged(backend):
     assert observer.nonfinite_count.item() == 6
 
 
+@pytest.mark.fallback("no data: the default qparams need no kernel")
 def test_uninitialised_qparams_warn_and_default(backend):
     ours, theirs = HistogramObserver(), AOHistogramObserver()
     with pytest.warns(UserWarning, match="must run observer"):
@@ -145,10 +131,10 @@ def test_torch_ao_state_dict_loads_into_ours_and_back(backend):
     ours.load_state_dict(theirs.state_dict())
     for name in ("histogram", "min_val", "max_val"):
         torch.testing.assert_close(getattr(ours, name), getattr(theirs, name), **EXACT)
-    assert_qparams(ours.calculate_qparams(), theirs.calculate_qparams(), "torch")
+    assert_qparams(ours.calculate_qparams(), theirs.calculate_qparams())
     back = AOHistogramObserver(bins=128)
     back.load_state_dict(ours.state_dict())
-    assert_qparams(back.calculate_qparams(), theirs.calculate_qparams(), "torch")
+    assert_qparams(back.calculate_qparams(), theirs.calculate_qparams())
     # Both continue from the loaded state the same way (no re-binning: the range holds x).
     x = stream(5)[2]
     ours(x)
@@ -225,22 +211,21 @@ def test_many_batches_keep_total_count(backend):
     for x in stream(9) + stream(10):
         observer(x)
         seen += x.numel()
-    torch.testing.assert_close(
-        observer.histogram.sum(), torch.tensor(float(seen)), atol=0, rtol=1e-6
-    )
+    torch.testing.assert_close(observer.histogram.sum(), torch.tensor(float(seen)), **EXACT)
 
 
 def test_float64_buffers(backend):
     # factory_kwargs dtype=float64: buffers stay float64. The torch backend follows torch.ao's ops
-    # (float64 re-binning); the Triton kernels keep float32 statistics and store them as float64.
+    # (float64 re-binning); the Triton kernels keep float32 statistics and store them as float64,
+    # which on this stream equals torch.ao's float64 histogram (measured).
     kwargs = {"bins": 64, "factory_kwargs": {"dtype": torch.float64}}
     ours, theirs = HistogramObserver(**kwargs), AOHistogramObserver(**kwargs)
-    for i, x in enumerate(stream(11)[:3]):
+    for x in stream(11)[:3]:
         ours(x)
         theirs(x)
         for name in ("histogram", "min_val", "max_val"):
             assert getattr(ours, name).dtype == torch.float64
         torch.testing.assert_close(ours.min_val, theirs.min_val, **EXACT)
         torch.testing.assert_close(ours.max_val, theirs.max_val, **EXACT)
-        assert_histogram(ours.histogram, theirs.histogram, exact=i == 0 or backend == "torch")
-    assert_qparams(ours.calculate_qparams(), theirs.calculate_qparams(), backend)
+        torch.testing.assert_close(ours.histogram, theirs.histogram, **EXACT)
+    assert_qparams(ours.calculate_qparams(), theirs.calculate_qparams())

@@ -1,7 +1,8 @@
 """``tritonobs::quantization_error`` against torch.ao's ``_compute_quantization_error``.
 
 The torch reference keeps torch.ao's float32 arithmetic and sum order, so it matches bit for bit;
-the Triton kernel sums in another order (the ``quantization_error`` tolerance).
+the Triton kernel sums the per-bin terms in another order (``quantization_error_interpreter``),
+except where a candidate's sum has a single non-zero term (one non-empty bin), which is exact.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ def _candidates(bins: int) -> tuple[list[int], list[int]]:
     return list(starts), list(ends)
 
 
-def _tolerance(backend: str) -> dict[str, float]:
-    return {"atol": 0.0, "rtol": 0.0} if backend == "torch" else TOLERANCES["quantization_error"]
+def _tolerance(backend: str, histogram: torch.Tensor) -> dict[str, float]:
+    if backend == "torch" or torch.count_nonzero(histogram) <= 1:
+        return {"atol": 0.0, "rtol": 0.0}
+    return TOLERANCES["quantization_error_interpreter"]
 
 
 @pytest.mark.interpret
@@ -55,10 +58,11 @@ def test_quantization_error_matches_torch_ao(backend: str, case: tuple[str, int,
         [observer._compute_quantization_error(s, e) for s, e in zip(starts, ends, strict=True)],
         dtype=torch.float32,
     )
-    torch.testing.assert_close(errors, expected, **_tolerance(backend))
+    torch.testing.assert_close(errors, expected, **_tolerance(backend, histogram))
 
 
 @pytest.mark.interpret
+@pytest.mark.fallback("no candidate: an empty result, nothing to launch")
 def test_quantization_error_no_candidates(backend: str) -> None:
     histogram, min_val, max_val = make_histogram("normal", 37)
     empty = torch.zeros(0, dtype=torch.int64)
@@ -81,7 +85,7 @@ def test_quantization_error_non_contiguous(backend: str) -> None:
         [observer._compute_quantization_error(s, e) for s, e in zip(starts, ends, strict=True)],
         dtype=torch.float32,
     )
-    torch.testing.assert_close(errors, expected, **_tolerance(backend))
+    torch.testing.assert_close(errors, expected, **_tolerance(backend, view))
 
 
 @pytest.mark.interpret

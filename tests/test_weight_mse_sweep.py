@@ -3,7 +3,7 @@
 The torch reference against a loop of compressed-tensors' operations on llm-compressor's
 ``[1, groups, n]`` layout, one candidate at a time (exact); the Triton kernel (interpreter) against
 the reference: exact for bfloat16/float16 (the interpreter's pow, rounded to 8 or 11 bits, lands
-on the same value here), within 2e-6 for float32 (``exp2(norm * log2(x))`` instead of torch's pow).
+on the same value here), within 1.5e-6 for float32 (``exp2(norm * log2(x))`` instead of torch's pow).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def test_triton_matches_torch_reference(dtype, fmt) -> None:
     with use_backend("triton"):
         out = torch.ops.tritonobs.weight_mse_sweep(x, scales, zero_points, *fmt, 2.4)
     assert out.dtype == dtype
-    tolerance = {"atol": 0, "rtol": 2e-6 if dtype == torch.float32 else 0, "equal_nan": True}
+    # float32: measured 8.4e-7 (exp2/log2 for pow); 16-bit results round to the same value.
+    tolerance = {"atol": 0, "rtol": 1.5e-6 if dtype == torch.float32 else 0, "equal_nan": True}
     torch.testing.assert_close(out, expected, **tolerance)
 
 
