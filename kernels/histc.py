@@ -8,8 +8,9 @@
   observer's re-pass over a grown range (``kernels/histogram_update.py``).
 
 A value's bin is ``torch.histc``'s: ``trunc((v - lo) * NBINS / (hi - lo))`` in float32, in that
-order, the division rounded to nearest (``div_rn``: a plain ``/`` is approximate on the GPU), with
-``v == hi`` in the last bin. NaN and inf fail ``|v| < inf`` (libdevice's ``isnan``/``isinf`` do not
+order, with ``v == hi`` in the last bin, found without a division per value (a reciprocal
+multiply and one exact comparison, :func:`_bin`). Full tiles load unmasked (128-bit vectors), in
+groups (:func:`group`); only the input's ragged last tile is masked. NaN and inf fail ``|v| < inf`` (libdevice's ``isnan``/``isinf`` do not
 run under the interpreter). Counts go to int64 counters (a float32 ``+1`` stops at 2^24): up to
 ``LOCAL_HIST_MAX_BINS`` bins through a per-program register histogram (``tl.histogram``) flushed
 with one atomic per non-empty bin, beyond that with one atomic per value. The range comes from
@@ -42,9 +43,14 @@ from tritonobs.kernels._launch import (
 
 # Up to this many bins a program keeps its counts in registers and flushes them once.
 LOCAL_HIST_MAX_BINS = 4096
-# Elements per tile. Streaming launches use about four programs per SM on a GPU and at most 16
-# under the interpreter, whose programs run one after another.
+# Up to this many bins a value's bin comes from a reciprocal multiply and one exact comparison
+# (``_bin``); above, from a division per value.
+RECIPROCAL_MAX_BINS = tl.constexpr(1 << 20)
+# Elements per tile (the unit of a streaming launch's grid). Streaming launches use about four
+# programs per SM on a GPU and at most 16 under the interpreter, whose programs run one after
+# another. A program loads and counts its tiles in groups of up to GROUP_TILES (see ``group``).
 BLOCK = 2048
+GROUP_TILES = 4
 NUM_WARPS = 8
 PROGRAMS_PER_SM = 4
 INTERPRETER_PROGRAMS = 16
@@ -95,6 +101,17 @@ def counting(bins: int) -> dict[str, object]:
     return {"NBINS": bins, "LOCAL": local, "ACC_BINS": acc_bins}
 
 
+@functools.cache
+def group(bins: int, itemsize: int) -> int:
+    """Tiles per load and ``tl.histogram`` call (``GROUP``) for ``bins`` bins and elements of
+    ``itemsize`` bytes: 8192 values (``GROUP_TILES`` tiles) of 4 bytes or less, half as many of
+    8 bytes, one tile with an atomic per value (more values per load there would take the kernels
+    past 128 registers at 8 warps)."""
+    if bins > LOCAL_HIST_MAX_BINS:
+        return 1
+    return GROUP_TILES // 2 if itemsize > 4 else GROUP_TILES
+
+
 @triton.jit
 def _widen_degenerate(lo, hi):
     """torch.histc's range for a single point: ``[lo - 1, hi + 1]`` when ``lo == hi``.
@@ -122,11 +139,49 @@ def _reduce_partials(part_min_ptr, part_max_ptr, n_parts, PARTS_P2: tl.constexpr
 
 
 @triton.jit
-def _bin(v, counted, lo, width, middle, NBINS: tl.constexpr):
+def _reciprocal(width):
+    """Per-program scalars of :func:`_bin` for a range of ``width``: ``(scale, ws, inv)``.
+
+    ``ws = width * scale`` with ``scale`` a power of two (1, or 2^100 / 2^-100 for ranges under /
+    over 2^-100 / 2^100) that keeps ``ws``, ``1 / ws`` and ``ws * 2^-25`` normal, so that every
+    product below is exact; ``inv`` is ``1 / ws`` rounded down by more than its rounding error
+    (``inv < 1 / ws``), the only division.
+    """
+    scale = tl.where(width < 2.0**-100, 2.0**100, tl.where(width > 2.0**100, 2.0**-100, 1.0))
+    ws = width * scale
+    inv = tl.math.div_rn(tl.full((), 1.0, tl.float32), ws) * (1.0 - 2.0**-22)
+    return scale, ws, inv
+
+
+@triton.jit
+def _bin(v, counted, lo, scale, ws, inv, middle, NBINS: tl.constexpr):
     """torch.histc's bin of each ``counted`` value, ``min(trunc((v - lo) * NBINS / width),
-    NBINS - 1)``, or the middle bin for a range that rounds to a point (others get a harmless 0)."""
-    t = tl.math.div_rn((tl.where(counted, v, lo) - lo) * NBINS, width)
-    return tl.where(middle, NBINS // 2, tl.minimum(t.to(tl.int32), NBINS - 1))
+    NBINS - 1)`` with the quotient rounded to float32, without a division per value (others get a
+    harmless 0; a range that rounds to a point puts every value in the middle bin).
+
+    With ``p = (v - lo) * NBINS`` (float32, as torch.histc rounds it) and ``q = p / width``: the
+    candidate ``c = trunc(p * scale * inv)`` is at most ``trunc(RN(q))`` (``inv < 1 / ws``) and
+    at least ``trunc(RN(q)) - 1`` (its error is under ``2^-21 q``, below 1 up to 2^20 bins), so the
+    bin is ``c + [RN(q) >= k]`` with ``k = c + 1``. ``RN(q) >= k`` exactly when ``q`` lies above
+    the rounding midpoint ``k - h`` below ``k`` (``2h`` = the float32 spacing below ``k``), and
+    ``q`` is never that midpoint (25 significant bits, which no quotient of two 24-bit floats has):
+    the sign of ``fma(-ws, k, ps) + ws * h`` decides it, the fma exact wherever the sum is near 0.
+    ``p = inf`` (``(v - lo) * NBINS`` overflows) lands in bin 0 as in torch.histc; ``width = inf``
+    makes the sum NaN and every value bin 0, as torch.histc's ``p / inf = 0``. Above 2^20 bins the
+    quotient is divided per value.
+    """
+    p = (tl.where(counted, v, lo) - lo) * NBINS
+    p = tl.where(p < float("inf"), p, 0.0)
+    if NBINS > RECIPROCAL_MAX_BINS:
+        b = tl.math.div_rn(p * scale, ws).to(tl.int32)
+    else:
+        ps = p * scale
+        c = (ps * inv).to(tl.int32)
+        k = (c + 1).to(tl.float32)
+        below = (k.to(tl.int32, bitcast=True) - 1).to(tl.float32, bitcast=True)
+        above = tl.fma(-ws, k, ps) + (ws * 0.5) * (k - below)
+        b = c + (above > 0.0).to(tl.int32)
+    return tl.where(middle, NBINS // 2, tl.minimum(b, NBINS - 1))
 
 
 @triton.jit
@@ -136,6 +191,62 @@ def _flush(counts_ptr, acc, NBINS: tl.constexpr, ACC_BINS: tl.constexpr):
     tl.atomic_add(
         counts_ptr + bins, acc.to(tl.int64), mask=(bins < NBINS) & (acc > 0), sem="relaxed"
     )
+
+
+@triton.jit
+def _load(x_ptr, start, stop, SIZE: tl.constexpr, MASKED: tl.constexpr):
+    """The ``SIZE`` values from ``start`` as float32, and which are before ``stop``: all, with a
+    plain (vectorised) load, unless ``MASKED``."""
+    offs = start + tl.arange(0, SIZE)
+    if MASKED:
+        in_bounds = offs < stop
+        v = tl.load(x_ptr + offs, mask=in_bounds, other=0.0)
+    else:
+        in_bounds = tl.full((SIZE,), 1, tl.int1)
+        v = tl.load(x_ptr + offs)
+    return v.to(tl.float32), in_bounds
+
+
+@triton.jit
+def _count(
+    v,
+    counted,
+    acc,
+    lo,
+    scale,
+    ws,
+    inv,
+    middle,
+    counts_ptr,
+    NBINS: tl.constexpr,
+    ACC_BINS: tl.constexpr,
+    LOCAL: tl.constexpr,
+):
+    """Counts the ``counted`` values in the register histogram ``acc`` (returned), or with one
+    atomic each in ``counts`` beyond ``LOCAL_HIST_MAX_BINS`` bins."""
+    b = _bin(v, counted, lo, scale, ws, inv, middle, NBINS)
+    if LOCAL:
+        acc += tl.histogram(b, ACC_BINS, mask=counted)
+    else:
+        tl.atomic_add(counts_ptr + b, counted.to(tl.int64), mask=counted, sem="relaxed")
+    return acc
+
+
+@triton.jit
+def _tiles_of(n, pid, tiles, GROUP: tl.constexpr, BLOCK: tl.constexpr):
+    """Program ``pid``'s share of a launch of ``tiles`` tiles of ``BLOCK`` elements each:
+    ``(first, grouped, stop, full, ragged)``.
+
+    Its full tiles are ``[first, stop)``: groups of ``GROUP`` tiles up to ``grouped`` (loaded
+    unmasked), then fewer than ``GROUP`` (one load masked at a tile boundary, still vectorised).
+    ``ragged``: it owns the last tile, tile ``full``, of ``n % BLOCK`` elements (a masked load).
+    """
+    full = n // BLOCK
+    first = pid.to(tl.int64) * tiles
+    stop = tl.minimum(first + tiles, full)
+    grouped = first + tl.maximum(stop - first, 0) // GROUP * GROUP
+    ragged = (full * BLOCK < n) & (full // tiles == pid)
+    return first, grouped, stop, full, ragged
 
 
 @triton.jit
@@ -151,23 +262,70 @@ def _count_tiles(
     ACC_BINS: tl.constexpr,
     LOCAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    GROUP: tl.constexpr,
 ):
     """``counts[trunc((v - lo) * NBINS / (hi - lo))] += 1`` for the finite ``v`` in ``[lo, hi]`` of
-    program ``pid``'s ``tiles`` tiles; a single point ``c`` counts over ``[c - 1, c + 1]``."""
+    program ``pid``'s ``tiles`` tiles; a single point ``c`` counts over ``[c - 1, c + 1]``.
+
+    The full tiles load unmasked; the ragged last tile, if any, is its owner's last."""
     lo, hi, width, middle = _widen_degenerate(lo, hi)
+    scale, ws, inv = _reciprocal(width)
     acc = tl.zeros((ACC_BINS,), tl.int32)
-    for t in range(tiles):
-        offs = (pid * tiles + t).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        in_bounds = offs < n
-        v = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
-        counted = in_bounds & (tl.abs(v) < float("inf")) & (v >= lo) & (v <= hi)
-        b = _bin(v, counted, lo, width, middle, NBINS)
-        if LOCAL:
-            acc += tl.histogram(b, ACC_BINS, mask=counted)
-        else:
-            tl.atomic_add(counts_ptr + b, counted.to(tl.int64), mask=counted, sem="relaxed")
+    first, grouped, stop, full, ragged = _tiles_of(n, pid, tiles, GROUP, BLOCK)
+    for t in range(first, grouped, GROUP):
+        v, _ = _load(x_ptr, t * BLOCK, n, GROUP * BLOCK, False)
+        counted = (v >= lo) & (v <= hi)
+        acc = _count(
+            v, counted, acc, lo, scale, ws, inv, middle, counts_ptr, NBINS, ACC_BINS, LOCAL
+        )
+    if grouped < stop:
+        v, in_bounds = _load(x_ptr, grouped * BLOCK, stop * BLOCK, GROUP * BLOCK, True)
+        counted = in_bounds & (v >= lo) & (v <= hi)
+        acc = _count(
+            v, counted, acc, lo, scale, ws, inv, middle, counts_ptr, NBINS, ACC_BINS, LOCAL
+        )
+    if ragged:
+        v, in_bounds = _load(x_ptr, full * BLOCK, n, BLOCK, True)
+        counted = in_bounds & (v >= lo) & (v <= hi)
+        acc = _count(
+            v, counted, acc, lo, scale, ws, inv, middle, counts_ptr, NBINS, ACC_BINS, LOCAL
+        )
     if LOCAL:
         _flush(counts_ptr, acc, NBINS, ACC_BINS)
+
+
+@triton.jit
+def _stats_tile(
+    v,
+    in_bounds,
+    vmin,
+    vmax,
+    nonfinite,
+    acc,
+    lo,
+    hi,
+    scale,
+    ws,
+    inv,
+    middle,
+    counts_ptr,
+    NBINS: tl.constexpr,
+    ACC_BINS: tl.constexpr,
+    LOCAL: tl.constexpr,
+    COUNT: tl.constexpr,
+):
+    """One tile of :func:`_histogram_stats_kernel`: the running finite min/max, and with ``COUNT``
+    the NaN/inf count and the histogram over ``[lo, hi]``."""
+    finite = in_bounds & (tl.abs(v) < float("inf"))
+    vmin = tl.minimum(vmin, tl.min(tl.where(finite, v, float("inf")), axis=0))
+    vmax = tl.maximum(vmax, tl.max(tl.where(finite, v, float("-inf")), axis=0))
+    if COUNT:
+        nonfinite += tl.sum((in_bounds & ~finite).to(tl.int32), axis=0)
+        counted = finite & (v >= lo) & (v <= hi)
+        acc = _count(
+            v, counted, acc, lo, scale, ws, inv, middle, counts_ptr, NBINS, ACC_BINS, LOCAL
+        )
+    return vmin, vmax, nonfinite, acc
 
 
 @triton.jit
@@ -186,6 +344,7 @@ def _histogram_stats_kernel(
     LOCAL: tl.constexpr,
     COUNT: tl.constexpr,
     BLOCK: tl.constexpr,
+    GROUP: tl.constexpr = 1,
 ):
     """Per program: ``part_min[pid] = min v``, ``part_max[pid] = max v`` over its finite values
     (``+inf``/``-inf`` when none), and with ``COUNT``: ``part_nonfinite[pid] = sum(!finite)`` and
@@ -194,7 +353,7 @@ def _histogram_stats_kernel(
     ``COUNT`` (the observer's fused pass): ``[lo, hi]`` is the running range (nothing is counted
     while it is uninitialised; a single point ``c`` counts over ``[c - 1, c + 1]``). Without
     ``COUNT`` (``histc``'s pre-pass; ``part_nonfinite_ptr`` unused) the program exits at once
-    unless ``lo == hi``.
+    unless ``lo == hi``. The full tiles load unmasked; the ragged last tile is its owner's last.
     """
     pid = tl.program_id(0)
     lo = tl.load(lo_ptr)
@@ -205,30 +364,35 @@ def _histogram_stats_kernel(
         # Uninitialised: an empty range [1, 0], which counts nothing and converts no NaN to int.
         lo = tl.where(initialised, lo, 1.0)
         hi = tl.where(initialised, hi, 0.0)
-        vmin = tl.full((BLOCK,), float("inf"), tl.float32)
-        vmax = tl.full((BLOCK,), float("-inf"), tl.float32)
-        nonfinite = tl.zeros((BLOCK,), tl.int32)
+        scale, ws, inv = _reciprocal(width)
+        vmin = tl.full((), float("inf"), tl.float32)
+        vmax = tl.full((), float("-inf"), tl.float32)
+        nonfinite = tl.zeros((), tl.int32)
         acc = tl.zeros((ACC_BINS,), tl.int32)
-        for t in range(tiles):
-            offs = (pid * tiles + t).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-            in_bounds = offs < n
-            v = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
-            finite = in_bounds & (tl.abs(v) < float("inf"))
-            vmin = tl.minimum(vmin, tl.where(finite, v, float("inf")))
-            vmax = tl.maximum(vmax, tl.where(finite, v, float("-inf")))
-            if COUNT:
-                nonfinite += (in_bounds & ~finite).to(tl.int32)
-                counted = finite & (v >= lo) & (v <= hi)
-                b = _bin(v, counted, lo, width, middle, NBINS)
-                if LOCAL:
-                    acc += tl.histogram(b, ACC_BINS, mask=counted)
-                else:
-                    tl.atomic_add(counts_ptr + b, counted.to(tl.int64), mask=counted, sem="relaxed")
-        tl.store(part_min_ptr + pid, tl.min(vmin, axis=0))
-        tl.store(part_max_ptr + pid, tl.max(vmax, axis=0))
+        first, grouped, stop, full, ragged = _tiles_of(n, pid, tiles, GROUP, BLOCK)
+        for t in range(first, grouped, GROUP):
+            v, in_bounds = _load(x_ptr, t * BLOCK, n, GROUP * BLOCK, False)
+            vmin, vmax, nonfinite, acc = _stats_tile(
+                v, in_bounds, vmin, vmax, nonfinite, acc, lo, hi, scale, ws, inv, middle,
+                counts_ptr, NBINS, ACC_BINS, LOCAL, COUNT,
+            )  # fmt: skip
+        if grouped < stop:
+            v, in_bounds = _load(x_ptr, grouped * BLOCK, stop * BLOCK, GROUP * BLOCK, True)
+            vmin, vmax, nonfinite, acc = _stats_tile(
+                v, in_bounds, vmin, vmax, nonfinite, acc, lo, hi, scale, ws, inv, middle,
+                counts_ptr, NBINS, ACC_BINS, LOCAL, COUNT,
+            )  # fmt: skip
+        if ragged:
+            v, in_bounds = _load(x_ptr, full * BLOCK, n, BLOCK, True)
+            vmin, vmax, nonfinite, acc = _stats_tile(
+                v, in_bounds, vmin, vmax, nonfinite, acc, lo, hi, scale, ws, inv, middle,
+                counts_ptr, NBINS, ACC_BINS, LOCAL, COUNT,
+            )  # fmt: skip
+        tl.store(part_min_ptr + pid, vmin)
+        tl.store(part_max_ptr + pid, vmax)
         if COUNT:
             # A store, not an atomic on the running count: an atomic here spills on sm_90.
-            tl.store(part_nonfinite_ptr + pid, tl.sum(nonfinite, axis=0).to(tl.int64))
+            tl.store(part_nonfinite_ptr + pid, nonfinite.to(tl.int64))
             if LOCAL:
                 _flush(counts_ptr, acc, NBINS, ACC_BINS)
 
@@ -249,6 +413,7 @@ def _histc_kernel(
     LOCAL: tl.constexpr,
     PARTS_P2: tl.constexpr,
     BLOCK: tl.constexpr,
+    GROUP: tl.constexpr = 1,
 ):
     """``counts[trunc((v - lo) * NBINS / (hi - lo))] += 1`` for finite ``v`` in ``[lo, hi]``.
 
@@ -264,29 +429,49 @@ def _histc_kernel(
         hi = tl.where(seen, x_hi, hi)
     if lo <= hi:
         _count_tiles(
-            x_ptr, n, lo, hi, counts_ptr, tl.program_id(0), tiles, NBINS, ACC_BINS, LOCAL, BLOCK
+            x_ptr,
+            n,
+            lo,
+            hi,
+            counts_ptr,
+            tl.program_id(0),
+            tiles,
+            NBINS,
+            ACC_BINS,
+            LOCAL,
+            BLOCK,
+            GROUP,
         )
 
 
-def stats_config(bins: int, count: bool) -> LaunchConfig:
-    """The launch of ``_histogram_stats_kernel``: the observer's fused pass (``count``) or
-    ``histc``'s pre-pass."""
-    constexprs = {**counting(bins), "COUNT": count, "BLOCK": BLOCK}
+def stats_config(bins: int, count: bool, itemsize: int = 4) -> LaunchConfig:
+    """The launch of ``_histogram_stats_kernel`` over elements of ``itemsize`` bytes: the
+    observer's fused pass (``count``) or ``histc``'s pre-pass (min/max only: ``GROUP_TILES`` tiles
+    per load for every size; two tiles of float64 there make ptxas spill)."""
+    tiles = group(bins, itemsize) if count else GROUP_TILES
+    constexprs = {**counting(bins), "COUNT": count, "BLOCK": BLOCK, "GROUP": tiles}
     return LaunchConfig(_histogram_stats_kernel, constexprs, options(NUM_WARPS))
 
 
-def histc_config(bins: int, programs: int) -> LaunchConfig:
+def histc_config(bins: int, programs: int, itemsize: int = 4) -> LaunchConfig:
     """The launch of ``_histc_kernel`` after a pre-pass of at most ``programs`` programs."""
-    constexprs = {**counting(bins), "PARTS_P2": next_power_of_2(programs), "BLOCK": BLOCK}
+    constexprs = {
+        **counting(bins),
+        "PARTS_P2": next_power_of_2(programs),
+        "BLOCK": BLOCK,
+        "GROUP": group(bins, itemsize),
+    }
     return LaunchConfig(_histc_kernel, constexprs, options(NUM_WARPS))
 
 
 @functools.cache
-def _histc_plan(numel: int, device: torch.device, bins: int) -> tuple[tuple[int], dict, dict]:
+def _histc_plan(
+    numel: int, device: torch.device, bins: int, itemsize: int
+) -> tuple[tuple[int], dict, dict]:
     """``(grid, stats kwargs, histc kwargs)`` of a ``histc`` launch pair."""
     programs, tiles = stream_grid(numel, device)
-    stats = stats_config(bins, count=False).kwargs
-    histc = histc_config(bins, max_programs(device)).kwargs
+    stats = stats_config(bins, False, itemsize).kwargs
+    histc = histc_config(bins, max_programs(device), itemsize).kwargs
     return (programs,), {"tiles": tiles, **stats}, {"tiles": tiles, **histc}
 
 
@@ -307,7 +492,7 @@ def histc_triton(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int)
     lo = lo.to(torch.float32)
     hi = hi.to(torch.float32)
     counts = torch.zeros(bins, dtype=torch.int64, device=device)
-    grid, stats, histc = _histc_plan(flat.numel(), device, bins)
+    grid, stats, histc = _histc_plan(flat.numel(), device, bins, flat.element_size())
     partials = workspace(device, "histc_partials", 2 * grid[0], torch.float32)
     part_min, part_max = partials[: grid[0]], partials[grid[0] : 2 * grid[0]]
     with device_guard(device):
@@ -353,13 +538,15 @@ def _histc_signature(dtype: str) -> dict[str, str]:
 # 2048 bins, and fp32 with more than LOCAL_HIST_MAX_BINS bins (an atomic per value): the observer's
 # fused pass, histc's pre-pass and histc's count. On an H200: 4 programs x 132 SMs.
 INPUT_DTYPES = ("fp32", "fp16", "bf16", "fp64")
+ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
+_SPEC_PROGRAMS = PROGRAMS_PER_SM * SPEC_SMS
 COMPILE_SPECS = [
-    *(stats_config(2048, count=True).spec(_stats_signature(dt)) for dt in INPUT_DTYPES),
+    *(stats_config(2048, True, ITEMSIZE[dt]).spec(_stats_signature(dt)) for dt in INPUT_DTYPES),
     stats_config(8192, count=True).spec(_stats_signature("fp32")),
-    *(stats_config(2048, count=False).spec(_stats_signature(dt)) for dt in INPUT_DTYPES),
+    *(stats_config(2048, False, ITEMSIZE[dt]).spec(_stats_signature(dt)) for dt in INPUT_DTYPES),
     *(
-        histc_config(2048, PROGRAMS_PER_SM * SPEC_SMS).spec(_histc_signature(dt))
+        histc_config(2048, _SPEC_PROGRAMS, ITEMSIZE[dt]).spec(_histc_signature(dt))
         for dt in INPUT_DTYPES
     ),
-    histc_config(8192, PROGRAMS_PER_SM * SPEC_SMS).spec(_histc_signature("fp32")),
+    histc_config(8192, _SPEC_PROGRAMS).spec(_histc_signature("fp32")),
 ]

@@ -41,6 +41,7 @@ from tritonobs.kernels._launch import (
 from tritonobs.kernels.histc import (
     BLOCK,
     INPUT_DTYPES,
+    ITEMSIZE,
     NUM_WARPS,
     PROGRAMS_PER_SM,
     _count_tiles,
@@ -48,6 +49,7 @@ from tritonobs.kernels.histc import (
     _reduce_partials,
     counting,
     flat_view,
+    group,
     max_programs,
     stats_config,
     stream_grid,
@@ -107,6 +109,7 @@ def _histogram_regrow_kernel(
     UPSAMPLE: tl.constexpr,
     UP_P2: tl.constexpr,
     BLOCK_BINS: tl.constexpr,
+    GROUP: tl.constexpr = 1,
 ):
     """When the range grew to ``[new_lo, new_hi]`` (or on the first batch), programs
     ``pid < n_parts``: ``counts[trunc((v - new_lo) * NBINS / (new_hi - new_lo))] += 1`` over their
@@ -131,7 +134,7 @@ def _histogram_regrow_kernel(
             tl.store(nonfinite_ptr, tl.load(nonfinite_ptr) + skipped)
     if has_finite & grew & (pid < n_parts):
         _count_tiles(
-            x_ptr, n, new_lo, new_hi, counts_ptr, pid, tiles, NBINS, ACC_BINS, LOCAL, BLOCK
+            x_ptr, n, new_lo, new_hi, counts_ptr, pid, tiles, NBINS, ACC_BINS, LOCAL, BLOCK, GROUP
         )
     if has_finite & grew & ~uninitialised & (pid >= n_parts):
         _rebin_scatter_rows(
@@ -190,13 +193,15 @@ def _histogram_update_kernel(
     tl.store(counts_a_ptr + offs, tl.zeros((BLOCK,), tl.int64), mask=in_bounds)
 
 
-def regrow_config(bins: int, upsample_rate: int, programs: int) -> LaunchConfig:
-    """The launch of ``_histogram_regrow_kernel`` after a pass of at most ``programs`` programs."""
+def regrow_config(bins: int, upsample_rate: int, programs: int, itemsize: int = 4) -> LaunchConfig:
+    """The launch of ``_histogram_regrow_kernel`` after a pass of at most ``programs`` programs
+    over elements of ``itemsize`` bytes."""
     constexprs = {
         **counting(bins),
         **scatter_constexprs(bins, upsample_rate),
         "PARTS_P2": next_power_of_2(programs),
         "BLOCK": BLOCK,
+        "GROUP": group(bins, itemsize),
     }
     return LaunchConfig(_histogram_regrow_kernel, constexprs, options(NUM_WARPS))
 
@@ -215,8 +220,9 @@ class Plan:
         numel: elements of the input.
         programs: programs of the streaming passes (one partial each).
         stream_grid, regrow_grid, combine_grid: the launch grids.
-        stats, regrow, combine: keyword arguments of each launch (``tiles``, then the config's
-            constexprs and compile options).
+        stats, regrow: keyword arguments of each streaming launch (``tiles``, then the config's
+            constexprs and compile options) by the input's element size in bytes.
+        combine: keyword arguments of the combine.
         part_min, part_max, decision: float32 views of the partials workspace.
         part_nonfinite: int64 NaN/inf partials (a workspace).
         counts_a, counts_b: int64 views of the counts workspace; rebinned: its float64 view.
@@ -227,8 +233,8 @@ class Plan:
     stream_grid: tuple[int]
     regrow_grid: tuple[int]
     combine_grid: tuple[int]
-    stats: dict[str, object]
-    regrow: dict[str, object]
+    stats: dict[int, dict[str, object]]
+    regrow: dict[int, dict[str, object]]
     combine: dict[str, object]
     part_min: torch.Tensor
     part_max: torch.Tensor
@@ -244,7 +250,8 @@ _PLANS: dict[tuple[int, torch.device, int, int], Plan] = {}
 
 def _plan(numel: int, device: torch.device, bins: int, upsample_rate: int) -> Plan:
     programs, tiles = stream_grid(numel, device)
-    regrow = regrow_config(bins, upsample_rate, max_programs(device))
+    itemsizes = sorted(set(ITEMSIZE.values()))
+    regrow = {s: regrow_config(bins, upsample_rate, max_programs(device), s) for s in itemsizes}
     counts = workspace(device, "histogram_update_counts", 3 * bins, torch.int64)
     partials = workspace(device, "histogram_update_partials", 2 * programs + 3, torch.float32)
     return Plan(
@@ -253,8 +260,8 @@ def _plan(numel: int, device: torch.device, bins: int, upsample_rate: int) -> Pl
         stream_grid=(programs,),
         regrow_grid=(programs + cdiv(bins, BLOCK_BINS),),
         combine_grid=(cdiv(bins, COMBINE_BLOCK),),
-        stats={"tiles": tiles, **stats_config(bins, count=True).kwargs},
-        regrow={"tiles": tiles, **regrow.kwargs},
+        stats={s: {"tiles": tiles, **stats_config(bins, True, s).kwargs} for s in itemsizes},
+        regrow={s: {"tiles": tiles, **regrow[s].kwargs} for s in itemsizes},
         combine=combine_config(bins).kwargs,
         part_min=partials[:programs],
         part_max=partials[programs : 2 * programs],
@@ -311,15 +318,16 @@ def histogram_update_triton(
     device = x.device
     flat = flat_view(x)
     plan = plan_for(flat.numel(), device, histogram.numel(), upsample_rate)
+    itemsize = flat.element_size()
     with device_guard(device):
         _histogram_stats_kernel[plan.stream_grid](
             flat, plan.numel, min_val, max_val, plan.part_min, plan.part_max, plan.part_nonfinite,
-            plan.counts_a, **plan.stats,
+            plan.counts_a, **plan.stats[itemsize],
         )  # fmt: skip
         _histogram_regrow_kernel[plan.regrow_grid](
             flat, plan.numel, min_val, max_val, plan.part_min, plan.part_max, plan.part_nonfinite,
             plan.programs, nonfinite_count, histogram, plan.counts_b, plan.rebinned, plan.decision,
-            **plan.regrow,
+            **plan.regrow[itemsize],
         )  # fmt: skip
         _histogram_update_kernel[plan.combine_grid](
             histogram, min_val, max_val, plan.decision, plan.counts_a, plan.counts_b,
@@ -360,7 +368,10 @@ _COMBINE_SIGNATURE = {
 # LOCAL_HIST_MAX_BINS bins (an atomic per value); the combine. The fused pass is histc's.
 _SPEC_PROGRAMS = PROGRAMS_PER_SM * SPEC_SMS
 COMPILE_SPECS = [
-    *(regrow_config(2048, 16, _SPEC_PROGRAMS).spec(_regrow_signature(dt)) for dt in INPUT_DTYPES),
+    *(
+        regrow_config(2048, 16, _SPEC_PROGRAMS, ITEMSIZE[dt]).spec(_regrow_signature(dt))
+        for dt in INPUT_DTYPES
+    ),
     regrow_config(8192, 16, _SPEC_PROGRAMS).spec(_regrow_signature("fp32")),
     combine_config(2048).spec(_COMBINE_SIGNATURE),
 ]

@@ -100,12 +100,13 @@ def test_aminmax_loads_are_128_bit_on_contiguous_rows(records):
         assert r["cp_async"] == 0, r["label"]
 
 
-def test_binning_kernels_divide_per_element(records):
-    """The binning kernels divide each value (``div.rn.f32``, 8 values per thread at 2048 values
-    and 8 warps) and load no vectors: the element count is not known to be a multiple of 16."""
+def test_binning_kernels_divide_once_and_load_128_bit_vectors(records):
+    """The binning kernels divide once per program (the reciprocal of the range; a value's bin is a
+    multiply and one exact comparison) and load 128-bit vectors: full tiles load unmasked, the
+    ragged last tile alone is masked."""
     for kernel in ("_histogram_stats_kernel", "_histc_kernel"):
         for r in _of(records, kernel):
             counts = "COUNT=False" not in r["label"]
-            assert r["div_f32"] == (8 if counts else 0), r["label"]
-            assert r["max_load_bits"] <= 64, r["label"]
+            assert r["div_f32"] == (1 if counts else 0), r["label"]
+            assert r["max_load_bits"] == 128, r["label"]
             assert r["cp_async"] == 0, r["label"]

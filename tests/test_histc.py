@@ -10,7 +10,13 @@ import tritonobs.ops.histc as histc_ops
 from tests.conftest import SHAPES
 from tritonobs.backend import use_backend
 from tritonobs.kernels import _launch
-from tritonobs.kernels.histc import BLOCK, LOCAL_HIST_MAX_BINS
+from tritonobs.kernels.histc import (
+    BLOCK,
+    LOCAL_HIST_MAX_BINS,
+    _histogram_stats_kernel,
+    stats_config,
+    stream_grid,
+)
 
 pytestmark = pytest.mark.interpret
 
@@ -165,3 +171,42 @@ def test_histc_copies_only_inputs_with_gaps():
             histc(base[::2], -2.0, 2.5, 50), expected(base[::2], -2.0, 2.5, 50), atol=0, rtol=0
         )
     assert _launch.COPIES["flat_view"] == copies + 1
+
+
+# 16 programs of 6 tiles under the interpreter: a group of GROUP_TILES tiles loaded unmasked, two
+# full tiles loaded masked at a tile boundary, and (last program) the ragged tile of 5 values.
+GROUPED = 95 * BLOCK + 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_histc_counts_grouped_and_ragged_tiles_once(dtype):
+    x = (torch.randn(GROUPED, generator=torch.Generator().manual_seed(7)) * 3).to(dtype)
+    x[::1001] = float("nan")
+    finite = x[torch.isfinite(x)].float()
+    lo, hi = torch.aminmax(finite)
+    with use_backend("triton"):
+        out = histc(x, lo, hi, 2048)
+        point = histc(x, 0.5, 0.5, 100)
+    torch.testing.assert_close(out, expected(finite, lo, hi, 2048), atol=0, rtol=0)
+    torch.testing.assert_close(point, expected(finite, lo, hi, 100), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_stats_pass_counts_grouped_and_ragged_tiles_once(dtype):
+    x = (torch.randn(GROUPED, generator=torch.Generator().manual_seed(8)) * 3).to(dtype)
+    x[3::997] = float("inf")
+    x[::1013] = float("nan")
+    finite = x[torch.isfinite(x)].float()
+    programs, tiles = stream_grid(x.numel(), x.device)
+    part_min, part_max = torch.empty(programs), torch.empty(programs)
+    part_nonfinite = torch.empty(programs, dtype=torch.int64)
+    counts = torch.zeros(300, dtype=torch.int64)
+    lo, hi = torch.tensor(-2.0), torch.tensor(2.5)
+    _histogram_stats_kernel[(programs,)](
+        x, x.numel(), lo, hi, part_min, part_max, part_nonfinite, counts, tiles,
+        **stats_config(300, True, x.element_size()).kwargs,
+    )  # fmt: skip
+    assert (programs, tiles) == (16, 6)
+    assert (part_min.min(), part_max.max()) == torch.aminmax(finite)
+    assert part_nonfinite.sum() == x.numel() - finite.numel()
+    torch.testing.assert_close(counts, expected(finite, lo, hi, 300), atol=0, rtol=0)
