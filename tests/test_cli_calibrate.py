@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tests.test_calibrate import EXACT, reference
+from tests.tiny_llama import write_tiny_llama
 from tritonobs.cli import main
 
 SAMPLE = resources.files("tritonobs").joinpath("data", "calibration_sentences.txt")
@@ -94,31 +95,8 @@ def test_default_calibrates_embedded_minilm(tmp_path, monkeypatch, capsys) -> No
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 2-layer Llama and a word-level tokenizer without a pad token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     folder = tmp_path_factory.mktemp("tiny-llama")
-    words = sorted({w for line in sample_lines() for w in line.lower().split()})
-    vocab = {w: i for i, w in enumerate(["[UNK]", "</s>", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>"
-    )
-    tokenizer.save_pretrained(folder)
-    config = transformers.LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=24,
-        intermediate_size=40,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    return write_tiny_llama(folder, sample_lines(), hidden_size=24, intermediate_size=40)
 
 
 def llama_reference(folder: Path, make, dtype=torch.float32) -> dict[str, nn.Module]:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import tritonobs
+from tests.tiny_llama import write_tiny_llama
 from tritonobs._cli_calibrate import default_model_path, load_model, make_batches, sample_texts
 from tritonobs.calibrate import calibrate
 from tritonobs.export import (
@@ -131,31 +132,10 @@ def exports(minilm, results, tmp_path_factory):
 def tiny_llama(tmp_path_factory):
     """A random 2-layer Llama folder with tied embeddings: hidden size 128 (w4a16 takes the
     attention and gate/up projections), intermediate size 200 (it cannot take down_proj)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     folder = tmp_path_factory.mktemp("tiny-llama")
-    words = sorted({w for line in sample_texts() for w in line.lower().split()})
-    vocab = {w: i for i, w in enumerate(["[UNK]", "</s>", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>"
+    write_tiny_llama(
+        folder, sample_texts(), hidden_size=128, intermediate_size=200, tie_word_embeddings=True
     )
-    tokenizer.save_pretrained(folder)
-    config = transformers.LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=128,
-        intermediate_size=200,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=1,
-        bos_token_id=1,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
     model, tokenizer = load_model(folder, torch.float32, quiet=True)
     batches = make_batches(tokenizer, sample_texts(), model, batches=2, batch_size=4, seq_len=16)
     return {"folder": folder, "model": model, "batches": batches}
