@@ -16,13 +16,16 @@ counted in ``nonfinite``)::
     new_min   = running_min where batch_min > batch_max         (no finite value: unchanged)
 
 and likewise for the max. Each program reduces a range of ``BLOCK_R x BLOCK_C x BLOCK_K`` tiles of
-one channel block in two passes. Pass 1 takes the tiles that lie wholly inside the tensor: unmasked
-(vectorised) loads, ``min`` dropping NaN and ``max`` keeping it, so that a NaN or an infinity shows
-in the accumulators. Pass 2 takes the edge tiles, masked, skipping and counting non-finite values;
-after a non-finite value in pass 1 it takes the whole range again instead. With several programs per
-channel block each one writes its partial min/max and draws a ticket (acq_rel atomic); the one that
-draws the last ticket reduces the partials and writes the new running values: the whole update is
-one launch, with no host synchronisation.
+one channel block in two passes. A block's tiles are numbered full tiles first, then the edge tiles
+(the ragged end of the rows, the ragged row block; every tile of a ragged channel block), so that a
+range is some full tiles followed by some edge tiles. Pass 1 takes the full tiles: a loop with no
+branch and no mask, which Triton software-pipelines (``cp.async`` into shared memory, ``NUM_STAGES
+- 1`` tiles ahead), ``min`` dropping NaN and ``max`` keeping it, so that a NaN or an infinity shows
+in the accumulators. Pass 2 takes the edge tiles, masked, skipping and counting non-finite values,
+and after a non-finite value in pass 1 the range's full tiles again, masked. With several programs
+per channel block each one writes its partial min/max and draws a ticket (acq_rel atomic); the one
+that draws the last ticket reduces the partials and writes the new running values: the whole update
+is one launch, with no host synchronisation.
 """
 
 from __future__ import annotations
@@ -46,16 +49,23 @@ from tritonobs.kernels._launch import (
     workspace,
 )
 
-# Elements per tile (8192: 16 KiB of bf16, 32 values per thread at 8 warps).
-TILE = 8192
+# Elements per tile (4096: 8 KiB of bf16, 16 values per thread at 8 warps; 8192 takes the
+# pipelined loop past 128 registers).
+TILE = 4096
 NUM_WARPS = 8
+# Pipeline stages of the full-tile loop: NUM_STAGES - 1 tiles in flight per program (cp.async into
+# shared memory, 48 KiB of fp32 tiles).
+NUM_STAGES = 4
 # A tile keeps at least this many elements contiguous when it narrows its innermost axis.
 MIN_CONTIGUOUS = 256
 # Channel blocks narrow until the splits per block (each writes a partial row of C values) stay
 # under this many, so that partials cost a few percent of the input at most.
 MAX_SPLITS = 32
-# Programs per SM on a GPU; the interpreter runs programs one after another, so few of them.
-PROGRAMS_PER_SM = 4
+# Programs per SM on a GPU: the blocks of 8 warps that fit on an sm_90 SM at once, the fewest over
+# the COMPILE_SPECS variants (tests/compile_sm90.py): 2 for per tensor fp32 (98 registers) and per
+# channel bf16 with several programs per channel block (94, 99); bf16/fp16 per tensor fit 3, fp64
+# and one program per channel block 4. The interpreter runs programs one after another, so few.
+PROGRAMS_PER_SM = 2
 INTERPRETER_PROGRAMS = 16
 MAX_ROW_AXES = 3
 
@@ -63,10 +73,10 @@ _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @triton.jit
-def _tile(
-    tile,
+def _offsets(
+    rb,
+    kb,
     cb,
-    n_kblocks,
     R1,
     R2,
     R,
@@ -82,9 +92,7 @@ def _tile(
     BLOCK_C: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """int64 offsets of tile ``tile`` of channel block ``cb``, its mask, whether it is all inside."""
-    rb = tile // n_kblocks
-    kb = tile - rb * n_kblocks
+    """int64 offsets of the tile (row block ``rb``, channel block ``cb``, k block ``kb``), its mask."""
     r = rb * BLOCK_R + tl.arange(0, BLOCK_R)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -100,8 +108,19 @@ def _tile(
             row += ((ri // R2) % R1).to(tl.int64) * stride_x1 + (ri % R2).to(tl.int64) * stride_x2
     offs = row[:, None, None] + (c * stride_xc)[None, :, None] + (k * stride_xk)[None, None, :]
     mask = (r < R)[:, None, None] & (c < C)[None, :, None] & (k < K)[None, None, :]
-    inside = ((rb + 1) * BLOCK_R <= R) & ((cb + 1) * BLOCK_C <= C) & ((kb + 1) * BLOCK_K <= K)
-    return offs, mask, inside
+    return offs, mask
+
+
+@triton.jit
+def _masked_minmax(x_ptr, offs, mask):
+    """Per channel, the min and max of a tile's finite values (+inf, -inf when there is none), and
+    how many of its values are not finite."""
+    v = tl.load(x_ptr + offs, mask=mask, other=float("nan")).to(tl.float32)
+    finite = (v - v) == 0.0  # false for NaN, +-inf and masked-out lanes
+    count = tl.sum((mask & ~finite).to(tl.int32))
+    v_min = tl.min(tl.min(tl.where(finite, v, float("inf")), axis=2), axis=0)
+    v_max = tl.max(tl.max(tl.where(finite, v, float("-inf")), axis=2), axis=0)
+    return v_min, v_max, count
 
 
 @triton.jit
@@ -133,6 +152,7 @@ def _aminmax_kernel(
     SPLIT_BLOCK: tl.constexpr,
     MULTI_SPLIT: tl.constexpr,
     EMA: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     """Program ``pid`` = (channel block ``pid // n_splits``, split ``pid % n_splits``).
 
@@ -150,16 +170,28 @@ def _aminmax_kernel(
     tile_hi = (split + 1) * n_tiles // n_splits
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < C
+    # The block's tiles are numbered full tiles first (fr x fk of them, row-major), then the edge
+    # tiles: the ragged k column of the full row blocks, then the ragged row block(s). A ragged
+    # channel block has no full tile (fr = fk = 0: every tile is an edge tile, row-major).
+    c_full = (cb + 1) * BLOCK_C <= C
+    fr = tl.where(c_full, R // BLOCK_R, 0).to(tl.int64)
+    fk = tl.where(c_full, K // BLOCK_K, 0).to(tl.int64)
+    n_full = fr * fk
+    n_column = fr * (n_kblocks - fk)
 
-    # Pass 1, the tiles all inside the tensor: unmasked loads, min dropping NaN and max keeping
-    # it, so that a NaN or an infinity shows in (mn, mx).
+    # Pass 1, the full tiles of the range: unmasked loads with no branch, pipelined; min dropping
+    # NaN and max keeping it, so that a NaN or an infinity shows in (mn, mx).
     mn = tl.full([BLOCK_R, BLOCK_C, BLOCK_K], float("inf"), tl.float32)
     mx = tl.full([BLOCK_R, BLOCK_C, BLOCK_K], float("-inf"), tl.float32)
-    for tile in range(tile_lo, tile_hi):
-        offs, mask, inside = _tile(
-            tile,
+    full_hi = tl.minimum(tile_hi, n_full)
+    # (row block, k block) of the next full tile, stepped without a division per tile.
+    rb = tile_lo // tl.maximum(fk, 1)
+    kb = tile_lo - rb * fk
+    for _ in tl.range(tile_lo, full_hi, num_stages=NUM_STAGES):
+        offs = _offsets(
+            rb,
+            kb,
             cb,
-            n_kblocks,
             R1,
             R2,
             R,
@@ -174,11 +206,13 @@ def _aminmax_kernel(
             BLOCK_R,
             BLOCK_C,
             BLOCK_K,
-        )
-        if inside:
-            v = tl.load(x_ptr + offs).to(tl.float32)
-            mn = tl.minimum(mn, v)
-            mx = tl.maximum(mx, v, propagate_nan=tl.PropagateNan.ALL)
+        )[0]
+        v = tl.load(x_ptr + offs).to(tl.float32)
+        mn = tl.minimum(mn, v)
+        mx = tl.maximum(mx, v, propagate_nan=tl.PropagateNan.ALL)
+        kb += 1
+        rb += kb == fk
+        kb = tl.where(kb == fk, 0, kb)
     careful = tl.max(((mx != mx) | (mn == float("-inf")) | (mx == float("inf"))).to(tl.int32)) > 0
     # Channels first, then one reduction over the rest (each reduction is a call, which costs in
     # the interpreter).
@@ -187,18 +221,18 @@ def _aminmax_kernel(
     batch_min = tl.where(careful, float("inf"), batch_min)
     batch_max = tl.where(careful, float("-inf"), batch_max)
 
-    # Pass 2, the tiles at the edges (all of them after a non-finite value): masked loads that
-    # skip and count non-finite values, reduced tile by tile (few tiles; 3D accumulators here
-    # would double the registers of the whole kernel). Skipped when the range has no edge tile.
-    k_edge = (K % BLOCK_K != 0) & (tile_lo + n_kblocks - 1 - tile_lo % n_kblocks < tile_hi)
-    r_edge = (R % BLOCK_R != 0) & (tile_hi > n_tiles - n_kblocks)
-    c_edge = (cb + 1) * BLOCK_C > C
+    # Pass 2, masked loads that skip and count non-finite values, reduced tile by tile (few tiles;
+    # 3D accumulators here would double the registers of the whole kernel): the range's full tiles
+    # again after a non-finite value, then its edge tiles. Each loop starts from a bound that does
+    # not depend on `careful` (a reduction): Triton's axis analysis would lose the contiguity of
+    # the loads (scalar loads) with it.
     count = tl.full((), 0, tl.int64)
-    for tile in range(tile_lo, tl.where(careful | k_edge | r_edge | c_edge, tile_hi, tile_lo)):
-        offs, mask, inside = _tile(
-            tile,
+    for tile in range(tile_lo, tl.where(careful, full_hi, tile_lo)):
+        rb = tile // fk
+        offs, mask = _offsets(
+            rb,
+            tile - rb * fk,
             cb,
-            n_kblocks,
             R1,
             R2,
             R,
@@ -214,16 +248,37 @@ def _aminmax_kernel(
             BLOCK_C,
             BLOCK_K,
         )
-        if careful | ~inside:
-            v = tl.load(x_ptr + offs, mask=mask, other=float("nan")).to(tl.float32)
-            finite = (v - v) == 0.0  # false for NaN, +-inf and masked-out lanes
-            count += tl.sum((mask & ~finite).to(tl.int32))
-            v_min = tl.permute(tl.where(finite, v, float("inf")), (1, 0, 2))
-            v_max = tl.permute(tl.where(finite, v, float("-inf")), (1, 0, 2))
-            v_min = tl.min(tl.reshape(v_min, [BLOCK_C, BLOCK_R * BLOCK_K]), axis=1)
-            v_max = tl.max(tl.reshape(v_max, [BLOCK_C, BLOCK_R * BLOCK_K]), axis=1)
-            batch_min = tl.minimum(batch_min, v_min)
-            batch_max = tl.maximum(batch_max, v_max)
+        v_min, v_max, n = _masked_minmax(x_ptr, offs, mask)
+        batch_min = tl.minimum(batch_min, v_min)
+        batch_max = tl.maximum(batch_max, v_max)
+        count += n
+    for tile in range(tl.maximum(tile_lo, n_full), tile_hi):
+        # Edge tile `edge`: first the ragged k column of the full row blocks, then row-major.
+        edge = tile - n_full
+        row = edge - n_column
+        offs, mask = _offsets(
+            tl.where(row < 0, edge, fr + row // n_kblocks),
+            tl.where(row < 0, fk, row % n_kblocks),
+            cb,
+            R1,
+            R2,
+            R,
+            C,
+            K,
+            stride_x0,
+            stride_x1,
+            stride_x2,
+            stride_xc,
+            stride_xk,
+            ROW_AXES,
+            BLOCK_R,
+            BLOCK_C,
+            BLOCK_K,
+        )
+        v_min, v_max, n = _masked_minmax(x_ptr, offs, mask)
+        batch_min = tl.minimum(batch_min, v_min)
+        batch_max = tl.maximum(batch_max, v_max)
+        count += n
     if count > 0:
         tl.atomic_add(nonfinite_ptr, count)
 
@@ -353,7 +408,8 @@ def _plan(
     """The :class:`Plan` for a tensor of this shape and strides, ``programs`` programs aimed at.
 
     Tiles hold ``TILE`` elements, half as many for 8-byte elements and a quarter for several row
-    axes (whose per-element 64-bit offsets would take the kernel past 128 registers at 8 warps).
+    axes (per-element 64-bit offsets). The grid fills whole waves of ``programs`` (the blocks that
+    fit on the GPU at once) up to fewer than one slot per channel block.
     """
     axes = reduced_axes(shape, strides, ch_axis)
     (k, stride_k), rows = axes[-1], axes[:-1]
@@ -370,7 +426,10 @@ def _plan(
     n_cblocks = cdiv(channels, block_c)
     n_kblocks = cdiv(k, block_k)
     n_tiles = cdiv(row_count, block_r) * n_kblocks
-    n_splits = min(n_tiles, cdiv(programs, n_cblocks))
+    # Whole waves of `programs`: as many splits as fill the waves that one split per channel block
+    # and program would span (fewer than n_cblocks slots of the last wave stay idle).
+    waves = cdiv(n_cblocks * cdiv(programs, n_cblocks), programs)
+    n_splits = min(n_tiles, waves * programs // n_cblocks)
     args = {
         "R1": row_sizes[1],
         "R2": row_sizes[2],
@@ -410,7 +469,11 @@ def launch_config(plan: Plan, ema: bool) -> LaunchConfig:
 
     No FMA contraction: the EMA rounds after each operation, as torch does.
     """
-    return LaunchConfig(_aminmax_kernel, {**plan.constexprs, "EMA": ema}, options(NUM_WARPS))
+    return LaunchConfig(
+        _aminmax_kernel,
+        {**plan.constexprs, "EMA": ema, "NUM_STAGES": NUM_STAGES},
+        options(NUM_WARPS),
+    )
 
 
 def _needs_copy(shape: tuple[int, ...], strides: tuple[int, ...], ch_axis: int | None) -> bool:
@@ -600,8 +663,10 @@ def _spec(
 COMPILE_SPECS = [
     # per tensor (one row of K after merging); fp16 below, with int64 sizes
     *(_spec(dtype, (8192, 8192), None) for dtype in ("fp32", "bf16", "fp64")),
-    # per channel, channel axis outermost (weights, ch_axis=0)
+    # per channel, channel axis outermost (weights, ch_axis=0): one program per channel block, and
+    # two per block
     _spec("bf16", (8192, 8192), 0, ema=True),
+    _spec("bf16", (4096, 4096), 0, ema=True),
     # per channel, channel axis innermost (activations, ch_axis=-1)
     _spec("bf16", (8192, 8192), 1, ema=True),
     # x[::2, ::2, ::2, ::2, ::2] of a [6, 10, 14, 18, 22] tensor: three row axes

@@ -178,6 +178,74 @@ def test_many_tiles_and_programs(small_tiles):
             check(x, *state(), 0.3)
 
 
+def tile_mix(x: torch.Tensor, ch_axis: int | None) -> tuple[int, int]:
+    """(full tiles, edge tiles) of the launch over ``x``: the kernel's pass 1 and pass 2."""
+    plan = kernel.plan_for(x, ch_axis)
+    args, blocks = plan.args, plan.constexprs
+    channel_blocks = -(-args["C"] // blocks["BLOCK_C"])
+    full = args["C"] // blocks["BLOCK_C"] * (args["R"] // blocks["BLOCK_R"])
+    full *= args["K"] // blocks["BLOCK_K"]
+    return full, channel_blocks * args["n_tiles"] - full
+
+
+# Per tensor, 64-element tiles: (make x of a dtype, its full tiles, its edge tiles). The edges are
+# the ragged end of a row, ragged row blocks or both.
+FULL_AND_TAIL = {
+    "one_element": (lambda dtype: data((1,), dtype), 1, 0),
+    "tail_only": (lambda dtype: data((63,), dtype), 0, 1),
+    "one_full": (lambda dtype: data((64,), dtype), 1, 0),
+    "full_and_tail": (lambda dtype: data((65,), dtype), 1, 1),
+    "two_full_and_tail": (lambda dtype: data((129,), dtype), 2, 1),
+    "seven_full": (lambda dtype: data((448,), dtype), 7, 0),
+    "seven_full_and_tail": (lambda dtype: data((449,), dtype), 7, 1),
+    "several_programs": (lambda dtype: data((1285,), dtype), 20, 1),
+    "full_row_blocks": (lambda dtype: data((8, 19), dtype)[:, :16], 2, 0),
+    "ragged_row_block": (lambda dtype: data((11, 19), dtype)[:, :16], 2, 1),
+    "ragged_rows_and_columns": (lambda dtype: data((11, 16), dtype)[:, :13], 0, 3),
+    "ragged_end_of_each_row": (lambda dtype: data((3, 73), dtype)[:, :70], 3, 3),
+    "programs_over_rows": (lambda dtype: data((6, 203), dtype)[:, :200], 18, 6),
+}
+
+
+@pytest.mark.parametrize("programs", [1, 3, 6])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", FULL_AND_TAIL)
+def test_full_tiles_and_tails(small_tiles, monkeypatch, case, dtype, programs):
+    """Every mix of full tiles (unmasked, pipelined) and edge tiles (masked) in a program's range,
+    with finite values only, then with a NaN and an infinity (the programs that see one read their
+    full tiles again, masked)."""
+    monkeypatch.setattr(kernel, "_programs", lambda _device, _numel: programs)
+    make, full, edge = FULL_AND_TAIL[case]
+    x = make(dtype)
+    assert tile_mix(x, None) == (full, edge)
+    assert kernel.plan_for(x, None).grid == (min(programs, full + edge),)
+    with use_backend("triton"):
+        check(x, *state(), None)
+        check(x, *state(-2.0, 2.0), 0.3)
+        x[(0,) * x.dim()] = NAN
+        x[(-1,) * x.dim()] = -INF
+        check(x, *state(), None)
+
+
+# a channel whose tile holds one value, NaN: the interpreter's max over it warns
+@pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")
+@pytest.mark.parametrize("ch_axis", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(5, 19, 70), (4, 24, 16), (7, 33, 9)], ids=str)
+def test_full_tiles_and_tails_per_channel(small_tiles, shape, ch_axis):
+    """Per channel on each axis: full and ragged channel blocks, ragged ends of the reduced axes,
+    several programs per channel block; finite values only, then a few non-finite ones."""
+    from tests.test_aminmax_per_channel import check as check_per_channel
+    from tests.test_aminmax_per_channel import running_for, unset
+
+    x = data(shape, torch.bfloat16)
+    full, edge = tile_mix(x, ch_axis)
+    assert full + edge > 1
+    with use_backend("triton"):
+        check_per_channel(x, ch_axis, *unset(x, ch_axis), None)
+        check_per_channel(x, ch_axis, *running_for(x, ch_axis), 0.3)
+        check_per_channel(with_nonfinite(x), ch_axis, *running_for(x, ch_axis), None)
+
+
 @pytest.mark.parametrize("poison", [NAN, -3e38, 3e38])
 def test_every_partial_is_written(small_tiles, monkeypatch, poison):
     """Stale workspace memory is poisoned: a partial the kernel forgets shows in the result."""
@@ -227,10 +295,12 @@ def test_grid_follows_the_size():
     assert kernel._programs(cpu, 1024 * 1024) == kernel.INTERPRETER_PROGRAMS <= 16
     plan = kernel._plan((1024, 1024), (1024, 1), None, kernel._programs(cpu, 1024 * 1024))
     assert plan.grid[0] == plan.args["n_splits"] == 16
-    # an H200: a few programs per SM, a few percent of the input in partials at most
-    for ch_axis in (None, 0, 1):
-        plan = kernel._plan((8192, 8192), (8192, 1), ch_axis, 4 * 132)
-        assert 2 * 132 <= plan.grid[0] <= 8 * 132
+    # an H200: whole waves of the blocks that fit per SM, under 1% of the input in partials
+    programs = kernel.PROGRAMS_PER_SM * 132
+    for ch_axis, waves in ((None, 1), (0, 2), (1, 2)):
+        plan = kernel._plan((8192, 8192), (8192, 1), ch_axis, programs)
+        assert (waves - 1) * programs < plan.grid[0] <= waves * programs
+        assert waves * programs - plan.grid[0] < 32
         assert plan.partials <= 2 * 8192 * 8192 // 100
 
 

@@ -91,13 +91,28 @@ def test_blocks_per_sm_follow_the_sm90_limits():
 
 def test_aminmax_loads_are_128_bit_on_contiguous_rows(records):
     """128-bit vector loads (``ld.global.v4.b32``, ``.v2.b64`` for fp64) where the innermost axis
-    is contiguous (``stride 1``, either per-channel layout); not pipelined through ``cp.async``
-    (issue 9: the loads sit under ``if inside:``)."""
+    is contiguous (``stride 1``, either per-channel layout), and no division."""
     for r in _of(records, "_aminmax_kernel"):
         if "stride_xk=1" in r["label"] or "stride_xc=1" in r["label"]:
             assert r["max_load_bits"] == 128, r["label"]
         assert r["div_f32"] == 0, r["label"]
-        assert r["cp_async"] == 0, r["label"]
+
+
+def test_aminmax_full_tiles_are_pipelined(records):
+    """The full-tile loop has no branch and no mask, so Triton pipelines its loads: ``cp.async``
+    into shared memory, ``NUM_STAGES - 1`` tiles ahead, in every variant."""
+    for r in _of(records, "_aminmax_kernel"):
+        assert r["cp_async"] > 0, r["label"]
+        assert r["shared"] > 0, r["label"]
+
+
+def test_aminmax_grid_fills_the_blocks_that_fit(records):
+    """``PROGRAMS_PER_SM`` (the grid's programs per SM) is the fewest blocks per SM over the
+    compiled variants: every program of a one-wave grid runs at once, whatever the variant."""
+    from tritonobs.kernels import aminmax
+
+    fitting = [r["blocks_per_sm"] for r in _of(records, "_aminmax_kernel")]
+    assert min(fitting) == aminmax.PROGRAMS_PER_SM, fitting
 
 
 def test_binning_kernels_divide_once_and_load_128_bit_vectors(records):
