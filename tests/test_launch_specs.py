@@ -2,11 +2,12 @@
 
 Under the interpreter every Triton launch of a set of workloads (every input dtype, per tensor and
 per channel on each axis, HistogramObserver's first batch / growing range / same range and its
-search, ``histc``, ``histogram_rebin``, ``quantization_error`` and the entropy / MSE / weight
-sweeps) is recorded as (kernel, compile options, pointer dtypes). Each must match a
-``COMPILE_SPECS`` entry of its module exactly: a launch whose options differ from every spec's (an
-``enable_fp_fusion`` dropped from one launch), or a pointer dtype no spec compiles (float64 inputs),
-fails here. Every launch must also pin ``enable_fp_fusion=False``.
+search, AmaxHistogramObserver's first batch / growth / no growth, ``histc``, ``histogram_rebin``,
+``quantization_error`` and the entropy / MSE / weight sweeps) is recorded as (kernel, compile
+options, pointer dtypes). Each must match a ``COMPILE_SPECS`` entry of its module exactly: a launch
+whose options differ from every spec's (an ``enable_fp_fusion`` dropped from one launch), or a
+pointer dtype no spec compiles (float64 inputs), fails here. Every launch must also pin
+``enable_fp_fusion=False``.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def _observers(x: torch.Tensor) -> None:
     for batch in (x, x * 3, x):  # first batch, growing range, same range
         histogram(batch)
     histogram.calculate_qparams()
+    amax = tritonobs.AmaxHistogramObserver(bins=64)
+    for batch in (x, x * 3, x):  # first batch, growth, no growth
+        amax(batch)
 
 
 def _ops(x: torch.Tensor) -> None:
@@ -153,6 +157,7 @@ def test_the_workloads_launch_every_kernel(launches):
     reaches the streaming kernels."""
     assert {key[0] for key in launches} == {key[0] for key in _spec_keys()}
     streaming = {"_aminmax_kernel", "_histogram_stats_kernel", "_histc_kernel"}
+    streaming |= {"_amax_stats_kernel", "_amax_count_kernel"}
     for kernel in streaming | {"_histogram_regrow_kernel"}:
         dtypes = {dict(key[2])["x_ptr"] for key in launches if key[0] == kernel}
         assert dtypes == {"fp32", "fp16", "bf16", "fp64"}, kernel

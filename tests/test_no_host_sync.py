@@ -204,18 +204,17 @@ def test_forward_reads_nothing_on_the_host(name: str) -> None:
     assert int(observer.nonfinite_count) == 3
 
 
-@pytest.mark.xfail(
-    raises=HostRead,
-    strict=True,
-    reason="amax_histogram_update_triton is the torch reference for now: its growth decision "
-    "reads the device (kernels/amax_histogram_update.py)",
-)
 def test_amax_histogram_forward_reads_nothing_on_the_host() -> None:
+    # The first batch, a growing range, then NaN and infinities.
     with use_backend("triton"):
         observer = tritonobs.AmaxHistogramObserver()
-        with host_reads():
+        with interpreted_launches() as launched, host_reads():
             observer(_data(6, 19))
             observer(_data(6, 19, seed=1) * 3)
+            observer(_with_nonfinite(_data(6, 19, seed=2)))
+    assert launched
+    assert int(observer.nonfinite_count) == 3
+    assert int(observer.num_bins) > observer.bins
 
 
 def test_histogram_search_reads_only_what_it_documents() -> None:

@@ -3,12 +3,12 @@
 Each op runs once with the interpreter's programs in order, then with every launch's programs in
 a shuffled order (:func:`tests.program_order.shuffled_programs`, several seeds); the results must
 be bit-identical. The kernels whose programs share memory: ``histogram_rebin``'s scatter adds
-float64 parts into shared bins with atomics, and ``histc`` counts with atomics after a pre-pass
-whose per-program partials the counting launch reduces. The others write disjoint outputs; a
-program that read another's output or a shared scratch buffer would show here.
+float64 parts into shared bins with atomics, ``histc`` and ``amax_histogram_update`` count with
+atomics after a pre-pass whose per-program partials the counting launch reduces (there every program
+takes the growth decision, program 0 records it). The others write disjoint outputs; a program that
+read another's output or a shared scratch buffer would show here.
 
-Not here: ``histogram_search`` (one program per launch) and ``amax_histogram_update`` (its
-launcher is the torch reference for now).
+Not here: ``histogram_search`` (one program per launch).
 """
 
 from __future__ import annotations
@@ -68,6 +68,20 @@ def _histc(own_range: bool) -> Callable[[], torch.Tensor]:
     return run
 
 
+def _amax_histogram_update() -> torch.Tensor:
+    # 19065 elements: 10 programs; a first batch, then a growth to 3 x 64 bins with NaN/inf.
+    # 4097 edges: 5 programs write them.
+    histogram, edges = torch.zeros(4096), torch.zeros(4097)
+    counters = [torch.zeros((), dtype=torch.int64) for _ in range(3)]
+    x = torch.randn(5, 123, 31, generator=_generator(10))
+    for batch in (x, x * 3):
+        batch.view(-1)[[7, 4000, 19000]] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+        torch.ops.tritonobs.amax_histogram_update(batch, histogram, edges, *counters, 64, False)
+    return torch.cat(
+        [histogram.view(torch.int32).long(), edges.view(torch.int32).long(), torch.stack(counters)]
+    )
+
+
 def _quantization_error() -> torch.Tensor:
     # 50 candidates: 7 programs.
     histogram = torch.rand(301, generator=_generator(3)) * 50
@@ -111,6 +125,7 @@ CASES: dict[str, Callable[[], torch.Tensor]] = {
     "histogram_rebin_single_point": _histogram_rebin(point=True),
     "histc": _histc(own_range=False),
     "histc_own_range": _histc(own_range=True),
+    "amax_histogram_update": _amax_histogram_update,
     "quantization_error": _quantization_error,
     "entropy_divergence": _entropy_divergence,
     "histogram_mse_int8": _histogram_mse(fp8=False),
