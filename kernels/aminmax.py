@@ -584,10 +584,7 @@ def aminmax_update(
         averaging_constant: ``None`` for min/max, the moving-average constant otherwise.
     """
     ema = averaging_constant is not None
-    # The cache lookup inline (launch_for repeats it on a miss): a call less per forward.
-    launch = _LAUNCHES.get((x.shape, x.stride(), x.dtype, ch_axis, x.device, ema))
-    if launch is None:
-        launch = launch_for(x, ch_axis, ema)
+    launch = launch_for(x, ch_axis, ema)
     if running_min.shape != launch.out_shape or running_max.shape != launch.out_shape:
         raise ValueError(
             f"aminmax: running_min/running_max of shapes {tuple(running_min.shape)}/"

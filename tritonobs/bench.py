@@ -73,6 +73,10 @@ class Profile:
     tiny: bool
     cpu_threads: int | None = None
 
+    def rounds(self, round_ms: float) -> int:
+        """Timed rounds for a round of ``round_ms``: ``target_s`` worth, within the bounds."""
+        return min(self.max_rounds, max(self.min_rounds, int(self.target_s * 1e3 / round_ms)))
+
 
 _BOTH_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -423,8 +427,7 @@ def _measure_cuda(
         one_ms = _window(workload, 1, hold(1))[0]
         calls = min(MAX_CALLS, max(1, math.ceil(WINDOW_S * 1e3 / max(one_ms, 1e-4))))
         setup_ms = _window(setup_only, calls, hold(calls))[0] / calls
-        rounds = int(profile.target_s * 1e3 / max(calls * one_ms, 1e-4))
-        rounds = min(profile.max_rounds, max(profile.min_rounds, rounds))
+        rounds = profile.rounds(max(calls * one_ms, 1e-4))
         timing = Timing(
             times_ms=[],
             calls=calls,
@@ -481,8 +484,7 @@ def measure(
         return _measure_cuda(workload, device, profile, benchmark, graph)
     timed = _timed_cpu(workload.fn, times)
     timed(*workload.setup())
-    rounds = int(profile.target_s / max(times.pop(), 1e-6) * 1e3)
-    rounds = min(profile.max_rounds, max(profile.min_rounds, rounds))
+    rounds = profile.rounds(max(times.pop(), 1e-6))
     if benchmark is None:
         for _ in range(rounds):
             timed(*workload.setup())
@@ -506,9 +508,7 @@ def measure_paired(
     timed_second = _timed_cpu(second.fn, second_ms)
     timed_first(*first.setup())
     timed_second(*second.setup())
-    slowest = max(first_ms.pop(), second_ms.pop(), 1e-6)
-    rounds = min(profile.max_rounds, max(profile.min_rounds, int(profile.target_s / slowest * 1e3)))
-    for _ in range(rounds):
+    for _ in range(profile.rounds(max(first_ms.pop(), second_ms.pop(), 1e-6))):
         timed_first(*first.setup())
         timed_second(*second.setup())
     return first_ms, second_ms
