@@ -406,6 +406,22 @@ def test_mse_weight_observer(tiny_llama, llama_result, tmp_path) -> None:
     assert group["config_groups"]["group_0"]["weights"]["observer"] == "mse"
 
 
+def test_calibration_result_export_is_the_function(tiny_llama, llama_result, tmp_path) -> None:
+    """`CalibrationResult.export` writes what `export_compressed_tensors` writes."""
+    by_method = llama_result.export(tiny_llama["model"], tmp_path / "method", "w4a16")
+    by_function = export_compressed_tensors(
+        tiny_llama["model"], llama_result, tmp_path / "function", "w4a16"
+    )
+    assert by_method == tmp_path / "method"
+    expected = load_file(by_function / "model.safetensors")
+    got = load_file(by_method / "model.safetensors")
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    config = json.loads((by_method / "config.json").read_text())
+    assert config == json.loads((by_function / "config.json").read_text())
+
+
 def test_histogram_observers_export_their_searched_range(tiny_llama, tmp_path) -> None:
     """torch.ao's HistogramObserver: int8 input qparams are its own L2-searched qparams (zero
     point - 128); AmaxHistogramObserver: the FP8 input_scale is its compute_amax() / 448."""
@@ -494,15 +510,14 @@ def test_command_line_options(tiny_llama, llama_result, tmp_path) -> None:
 
 @needs_compressed_tensors
 def test_cli_exports_the_embedded_default(minilm, tmp_path, monkeypatch) -> None:
-    """`tritonobs calibrate --export fp8 --export-dir DIR` on the embedded MiniLM: the folder loads
-    in transformers close to the float model, and its input scales are the amax / 448 of the
-    qparams file the same command wrote."""
+    """`tritonobs calibrate --export fp8 --export-dir DIR` (the default workload) on the embedded
+    MiniLM: the folder loads in transformers close to the float model, and its input scales are
+    the amax / 448 of the qparams file the same command wrote."""
     from tritonobs.cli import main
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "fp8"
-    argv = ["calibrate", "--batches", "2", "--batch-size", "8", "--seq-len", "64", "--quiet"]
-    assert main([*argv, "--export", "fp8", "--export-dir", str(out)]) == 0
+    assert main(["calibrate", "--quiet", "--export", "fp8", "--export-dir", str(out)]) == 0
     assert cosines(out, minilm).mean() >= 0.996
     saved = tritonobs.CalibrationResult.load(next(tmp_path.glob("*.safetensors")))
     tensors = load_file(out / "model.safetensors")
